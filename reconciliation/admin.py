@@ -1,0 +1,132 @@
+"""Admin registration of the core records. The admin shows and filters; it never writes state
+directly: records, mismatches, runs and events change only through `reconciliation.services`, and
+audit events are read-only."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.utils.translation import gettext_lazy as _
+
+from reconciliation.errors import InvalidTransition
+from reconciliation.models import (
+    AuditEvent,
+    Cursor,
+    InboundEvent,
+    Mismatch,
+    SyncRecord,
+    SyncRun,
+)
+from reconciliation.services.records import record_retry
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Viewable, never edited through a form: changes go through the services."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(SyncRecord)
+class SyncRecordAdmin(ReadOnlyAdmin):
+    list_display = (
+        "external_id",
+        "source",
+        "kind",
+        "state",
+        "dolibarr_kind",
+        "dolibarr_ref",
+        "attempts",
+        "next_attempt_at",
+        "updated_at",
+    )
+    list_filter = ("source", "kind", "state")
+    search_fields = ("external_id", "dolibarr_ref")
+    date_hierarchy = "updated_at"
+    list_select_related = False
+    actions = ["retry_selected"]
+    readonly_fields = [f.name for f in SyncRecord._meta.fields]
+
+    def has_retry_permission(self, request):
+        return request.user.has_perm("reconciliation.change_syncrecord")
+
+    @admin.action(description=_("Retry selected records"), permissions=["retry"])
+    def retry_selected(self, request, queryset):
+        done, refused = 0, []
+        for record in queryset:
+            try:
+                record_retry(record=record, actor=request.user, reason="Retry from the admin")
+                done += 1
+            except InvalidTransition as exc:
+                refused.append(f"{record}: {exc}")
+        if done:
+            self.message_user(request, _("%d record(s) queued for retry.") % done)
+        for line in refused:
+            self.message_user(request, line, level=messages.WARNING)
+
+
+@admin.register(Mismatch)
+class MismatchAdmin(ReadOnlyAdmin):
+    list_display = (
+        "summary",
+        "kind",
+        "severity",
+        "amount_difference",
+        "currency",
+        "state",
+        "proposed_fix",
+        "last_seen_at",
+    )
+    list_filter = ("state", "kind", "severity")
+    search_fields = ("summary", "record__external_id")
+    readonly_fields = [f.name for f in Mismatch._meta.fields]
+
+
+@admin.register(SyncRun)
+class SyncRunAdmin(ReadOnlyAdmin):
+    list_display = ("job", "trigger", "state", "started_at", "finished_at", "counts", "error")
+    list_filter = ("job", "state", "trigger")
+    readonly_fields = [f.name for f in SyncRun._meta.fields]
+
+
+@admin.register(Cursor)
+class CursorAdmin(ReadOnlyAdmin):
+    list_display = ("stream", "value", "updated_at")
+    readonly_fields = ("stream", "value", "updated_at")
+
+
+@admin.register(InboundEvent)
+class InboundEventAdmin(ReadOnlyAdmin):
+    list_display = (
+        "event_id",
+        "source",
+        "event_type",
+        "verified",
+        "received_at",
+        "processed_at",
+        "error",
+    )
+    list_filter = ("source", "verified", "event_type")
+    search_fields = ("event_id",)
+    readonly_fields = [f.name for f in InboundEvent._meta.fields]
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = (
+        "occurred_at",
+        "actor_label",
+        "action",
+        "target_type",
+        "target_id",
+        "target_label",
+    )
+    list_filter = ("action", "actor_type", "target_type")
+    search_fields = ("actor_label", "target_id", "target_label", "reason")
+    date_hierarchy = "occurred_at"
+    readonly_fields = [f.name for f in AuditEvent._meta.fields]

@@ -1,0 +1,454 @@
+"""The console's own records (DESIGN.md §3).
+
+State changes are methods here that check the transition and change fields in memory; only the
+service functions in `reconciliation.services` call them, save, and write the audit event in the
+same transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from reconciliation.errors import InvalidTransition
+
+
+def snapshot_hash(snapshot: Any) -> str:
+    """A stable hash of a JSON-able snapshot (key order and whitespace do not matter)."""
+    canonical = json.dumps(snapshot, sort_keys=True, separators=(",", ":"), cls=DjangoJSONEncoder)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Source(models.TextChoices):
+    STRIPE = "stripe", "Stripe"
+    AIPRESS24 = "aipress24", "Aipress24"
+    TALER = "taler", "GNU Taler"
+    RECURRING = "recurring", _("Recurring billing")
+    DOLIBARR = "dolibarr", "Dolibarr"
+
+
+# --- SyncRecord -----------------------------------------------------------------------------
+
+
+class SyncState(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    IN_PROGRESS = "in_progress", _("In progress")
+    SYNCED = "synced", _("Synced")
+    FAILED = "failed", _("Failed")
+    NEEDS_REVIEW = "needs_review", _("Needs review")
+    SKIPPED = "skipped", _("Skipped")
+
+
+class SyncRecordQuerySet(models.QuerySet):
+    def due(self, *, now=None):
+        now = now or timezone.now()
+        return self.filter(state=SyncState.PENDING).filter(
+            models.Q(next_attempt_at__isnull=True) | models.Q(next_attempt_at__lte=now)
+        )
+
+    def for_source(self, source: str):
+        return self.filter(source=source)
+
+
+class SyncRecord(models.Model):
+    """One source object (a Stripe invoice, an Aipress24 organisation …) and where it stands in
+    Dolibarr."""
+
+    source = models.CharField(max_length=20, choices=Source.choices)
+    kind = models.CharField(max_length=40, help_text=_("Object kind at the source, e.g. invoice"))
+    external_id = models.CharField(max_length=255, help_text=_("Identity at the source"))
+    snapshot = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
+    snapshot_hash = models.CharField(max_length=64)
+    state = models.CharField(
+        max_length=20, choices=SyncState.choices, default=SyncState.PENDING, db_index=True
+    )
+    dolibarr_kind = models.CharField(max_length=40, blank=True)
+    dolibarr_id = models.PositiveBigIntegerField(null=True, blank=True)
+    dolibarr_ref = models.CharField(max_length=128, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    synced_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = SyncRecordQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source", "kind", "external_id"], name="syncrecord_unique_source_identity"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["state", "next_attempt_at"], name="syncrecord_due"),
+            models.Index(fields=["dolibarr_kind", "dolibarr_id"], name="syncrecord_dolibarr"),
+        ]
+        ordering = ["-updated_at"]
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.kind}:{self.external_id}"
+
+    # Transitions. Each raises InvalidTransition when the current state does not allow it.
+    _ALLOWED = {
+        "claim": {SyncState.PENDING},
+        "finish": {SyncState.IN_PROGRESS},
+        "retry": {SyncState.FAILED, SyncState.NEEDS_REVIEW, SyncState.SKIPPED, SyncState.SYNCED},
+    }
+
+    def _require(self, action: str) -> None:
+        if self.state not in self._ALLOWED[action]:
+            raise InvalidTransition(f"cannot {action} a record that is {self.state}")
+
+    def observe(self, snapshot: dict) -> bool:
+        """Take a new source snapshot. A changed snapshot makes a settled record pending again.
+        Returns whether the snapshot changed."""
+        new_hash = snapshot_hash(snapshot)
+        if new_hash == self.snapshot_hash:
+            return False
+        self.snapshot, self.snapshot_hash = snapshot, new_hash
+        if self.state in {SyncState.SYNCED, SyncState.SKIPPED, SyncState.FAILED}:
+            self.state = SyncState.PENDING
+            self.attempts = 0
+            self.next_attempt_at = None
+        return True
+
+    def claim(self, *, now) -> None:
+        self._require("claim")
+        self.state = SyncState.IN_PROGRESS
+        self.attempts += 1
+        self.last_attempt_at = now
+
+    def mark_synced(self, *, dolibarr_kind: str, dolibarr_id: int, dolibarr_ref: str, now) -> None:
+        self._require("finish")
+        self.state = SyncState.SYNCED
+        self.dolibarr_kind, self.dolibarr_id, self.dolibarr_ref = (
+            dolibarr_kind,
+            dolibarr_id,
+            dolibarr_ref,
+        )
+        self.synced_at = now
+        self.last_error = ""
+        self.next_attempt_at = None
+
+    def mark_retry_later(self, *, error: str, delay: timedelta, now) -> None:
+        self._require("finish")
+        self.state = SyncState.PENDING
+        self.last_error = error
+        self.next_attempt_at = now + delay
+
+    def mark_failed(self, *, error: str) -> None:
+        self._require("finish")
+        self.state = SyncState.FAILED
+        self.last_error = error
+        self.next_attempt_at = None
+
+    def mark_needs_review(self, *, reason: str) -> None:
+        self._require("finish")
+        self.state = SyncState.NEEDS_REVIEW
+        self.last_error = reason
+
+    def mark_skipped(self, *, reason: str) -> None:
+        self._require("finish")
+        self.state = SyncState.SKIPPED
+        self.last_error = reason
+
+    def mark_pending_for_retry(self) -> None:
+        self._require("retry")
+        self.state = SyncState.PENDING
+        self.attempts = 0
+        self.next_attempt_at = None
+
+
+# --- Mismatch -------------------------------------------------------------------------------
+
+
+class MismatchKind(models.TextChoices):
+    MISSING_IN_DOLIBARR = "missing_in_dolibarr", _("Missing in Dolibarr")
+    MISSING_AT_SOURCE = "missing_at_source", _("Orphan in Dolibarr (unknown at source)")
+    DUPLICATE_IN_DOLIBARR = "duplicate_in_dolibarr", _("Duplicate in Dolibarr")
+    TOTAL_DIFFERS = "total_differs", _("Total differs")
+    STATUS_DIFFERS = "status_differs", _("Status differs")
+    PAYMENT_UNLINKED = "payment_unlinked", _("Payment not linked")
+    REFUND_MISSING = "refund_missing", _("Refund missing")
+    CURRENCY_UNSUPPORTED = "currency_unsupported", _("Currency not supported")
+    CUSTOMER_CONFLICT = "customer_conflict", _("Customer conflict")
+    PAYOUT_UNBALANCED = "payout_unbalanced", _("Payout unbalanced")
+    BALANCE_DIFFERS = "balance_differs", _("Balance differs")
+    SYNC_FAILED = "sync_failed", _("Sync failed")
+
+
+class Severity(models.TextChoices):
+    INFO = "info", _("Info")
+    WARNING = "warning", _("Warning")
+    CRITICAL = "critical", _("Critical")
+
+
+class MismatchState(models.TextChoices):
+    OPEN = "open", _("Open")
+    APPROVED = "approved", _("Approved")
+    RESOLVED = "resolved", _("Resolved")
+    IGNORED = "ignored", _("Ignored")
+
+
+class MismatchQuerySet(models.QuerySet):
+    def open(self):
+        return self.filter(state__in=[MismatchState.OPEN, MismatchState.APPROVED])
+
+
+class Mismatch(models.Model):
+    """A difference between a source and Dolibarr, with what to do about it."""
+
+    kind = models.CharField(max_length=40, choices=MismatchKind.choices, db_index=True)
+    severity = models.CharField(max_length=10, choices=Severity.choices, default=Severity.WARNING)
+    fingerprint = models.CharField(
+        max_length=64, unique=True, help_text=_("Same difference detected again = same row")
+    )
+    record = models.ForeignKey(
+        SyncRecord, null=True, blank=True, on_delete=models.SET_NULL, related_name="mismatches"
+    )
+    summary = models.CharField(max_length=300)
+    amount_difference = models.DecimalField(max_digits=24, decimal_places=8, null=True, blank=True)
+    currency = models.CharField(max_length=3, blank=True)
+    source_snapshot = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+    dolibarr_snapshot = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+    proposed_fix = models.CharField(max_length=60, blank=True)
+    proposed_fix_params = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+    state = models.CharField(
+        max_length=10, choices=MismatchState.choices, default=MismatchState.OPEN, db_index=True
+    )
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    note = models.TextField(blank=True)
+    detected_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = MismatchQuerySet.as_manager()
+
+    class Meta:
+        verbose_name_plural = "mismatches"
+        ordering = ["-last_seen_at"]
+        indexes = [models.Index(fields=["state", "kind"], name="mismatch_state_kind")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.summary}"
+
+    def _require(self, *states: str, action: str) -> None:
+        if self.state not in states:
+            raise InvalidTransition(f"cannot {action} a mismatch that is {self.state}")
+
+    def approve(self, *, by, now) -> None:
+        self._require(MismatchState.OPEN, action="approve")
+        if not self.proposed_fix:
+            raise InvalidTransition("this mismatch has no proposed fix to approve")
+        self.state, self.decided_by, self.decided_at = MismatchState.APPROVED, by, now
+
+    def resolve(self, *, by, now, note: str = "") -> None:
+        self._require(MismatchState.OPEN, MismatchState.APPROVED, action="resolve")
+        self.state, self.closed_at = MismatchState.RESOLVED, now
+        if by is not None:
+            self.decided_by, self.decided_at = by, now
+        if note:
+            self.note = note
+
+    def ignore(self, *, by, now, reason: str) -> None:
+        self._require(MismatchState.OPEN, action="ignore")
+        if not reason.strip():
+            raise InvalidTransition("a reason is required to ignore a mismatch")
+        self.state, self.decided_by, self.decided_at = MismatchState.IGNORED, by, now
+        self.closed_at, self.note = now, reason.strip()
+
+    def reopen(self, *, now) -> None:
+        self._require(MismatchState.RESOLVED, action="reopen")
+        self.state, self.closed_at = MismatchState.OPEN, None
+        self.decided_by, self.decided_at = None, None
+
+
+# --- SyncRun and Cursor ---------------------------------------------------------------------
+
+
+class Trigger(models.TextChoices):
+    SCHEDULE = "schedule", _("Schedule")
+    MANUAL = "manual", _("Manual")
+    WEBHOOK = "webhook", _("Webhook")
+
+
+class RunState(models.TextChoices):
+    RUNNING = "running", _("Running")
+    SUCCEEDED = "succeeded", _("Succeeded")
+    FAILED = "failed", _("Failed")
+    DEFERRED = "deferred", _("Deferred")
+
+
+class SyncRun(models.Model):
+    """One run of a job, with what it saw and did."""
+
+    job = models.CharField(max_length=60, db_index=True)
+    trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.SCHEDULE)
+    state = models.CharField(max_length=10, choices=RunState.choices, default=RunState.RUNNING)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    counts = models.JSONField(default=dict, blank=True)
+    cursor_before = models.CharField(max_length=255, blank=True)
+    cursor_after = models.CharField(max_length=255, blank=True)
+    error = models.TextField(blank=True)
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["job", "-started_at"], name="syncrun_job_latest")]
+
+    def __str__(self) -> str:
+        return f"{self.job} {self.started_at:%Y-%m-%d %H:%M} {self.state}"
+
+    @property
+    def duration(self) -> timedelta | None:
+        return self.finished_at - self.started_at if self.finished_at else None
+
+    def finish(
+        self,
+        *,
+        state: str,
+        now,
+        counts: dict | None = None,
+        cursor_after: str = "",
+        error: str = "",
+    ) -> None:
+        if self.state != RunState.RUNNING:
+            raise InvalidTransition(f"run {self.pk} already finished ({self.state})")
+        if state == RunState.RUNNING:
+            raise InvalidTransition("a run finishes in a final state")
+        self.state, self.finished_at, self.error = state, now, error
+        if counts is not None:
+            self.counts = counts
+        if cursor_after:
+            self.cursor_after = cursor_after
+
+
+class Cursor(models.Model):
+    """Per stream high-water mark (a timestamp, an event id …), kept as text."""
+
+    stream = models.CharField(max_length=80, unique=True)
+    value = models.CharField(max_length=255, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.stream} = {self.value or '∅'}"
+
+
+# --- InboundEvent ---------------------------------------------------------------------------
+
+
+class InboundEvent(models.Model):
+    """A webhook or pushed event, stored whole before it is acknowledged and processed."""
+
+    source = models.CharField(max_length=20, choices=Source.choices)
+    event_id = models.CharField(max_length=255)
+    event_type = models.CharField(max_length=120, blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+    headers = models.JSONField(default=dict, blank=True)
+    body = models.TextField(blank=True)
+    verified = models.BooleanField(default=False)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source", "event_id"], name="inboundevent_unique"),
+        ]
+        ordering = ["-received_at"]
+        indexes = [models.Index(fields=["processed_at"], name="inboundevent_processed")]
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.event_type} {self.event_id}"
+
+    def mark_processed(self, *, now) -> None:
+        if self.processed_at is not None:
+            raise InvalidTransition(f"event {self.event_id} was already processed")
+        self.processed_at, self.error = now, ""
+        self.attempts += 1
+
+    def mark_processing_failed(self, *, error: str) -> None:
+        if self.processed_at is not None:
+            raise InvalidTransition(f"event {self.event_id} was already processed")
+        self.error = error
+        self.attempts += 1
+
+
+# --- AuditEvent -----------------------------------------------------------------------------
+
+
+class AppendOnlyError(Exception):
+    """Raised on any attempt to change or remove an audit event."""
+
+
+class AuditEventQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AppendOnlyError("audit events are append-only: they cannot be updated")
+
+    def delete(self):
+        raise AppendOnlyError("audit events are append-only: they cannot be deleted")
+
+    def bulk_update(self, objs, fields, batch_size=None):
+        raise AppendOnlyError("audit events are append-only: they cannot be updated")
+
+    def update_or_create(self, defaults=None, create_defaults=None, **kwargs):
+        raise AppendOnlyError("audit events are append-only: use audit.audit_record")
+
+
+class ActorType(models.TextChoices):
+    USER = "user", _("User")
+    SYSTEM = "system", _("System")
+    CLIENT = "client", _("API client")
+
+
+class AuditEvent(models.Model):
+    """Who or what did what, when, to which object, with the before and after. Written only by
+    `reconciliation.audit.audit_record`."""
+
+    occurred_at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor_type = models.CharField(max_length=10, choices=ActorType.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    actor_label = models.CharField(max_length=150)
+    action = models.CharField(max_length=80, db_index=True)
+    target_type = models.CharField(max_length=60, blank=True)
+    target_id = models.CharField(max_length=255, blank=True)
+    target_label = models.CharField(max_length=300, blank=True)
+    before = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+    after = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+    reason = models.TextField(blank=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-occurred_at", "-id"]
+        indexes = [models.Index(fields=["target_type", "target_id"], name="audit_target")]
+
+    def __str__(self) -> str:
+        return f"{self.occurred_at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AppendOnlyError("audit events are append-only: they cannot be updated")
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("audit events are append-only: they cannot be deleted")

@@ -1,0 +1,154 @@
+"""SyncRecord state changes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from reconciliation.audit import audit_record
+from reconciliation.models import SyncRecord, SyncState, snapshot_hash
+
+
+def _state_of(record: SyncRecord) -> dict:
+    return {
+        "state": record.state,
+        "attempts": record.attempts,
+        "dolibarr_id": record.dolibarr_id,
+        "dolibarr_ref": record.dolibarr_ref,
+        "last_error": record.last_error,
+    }
+
+
+def record_observe(*, source: str, kind: str, external_id: str, snapshot: dict) -> SyncRecord:
+    """Store what the source says about an object. New objects start pending; a changed snapshot
+    makes a settled record pending again; an unchanged one changes nothing (and writes nothing)."""
+    external_id = str(external_id)
+    with transaction.atomic():
+        record = (
+            SyncRecord.objects.select_for_update()
+            .filter(source=source, kind=kind, external_id=external_id)
+            .first()
+        )
+        if record is None:
+            record = SyncRecord.objects.create(
+                source=source,
+                kind=kind,
+                external_id=external_id,
+                snapshot=snapshot,
+                snapshot_hash=snapshot_hash(snapshot),
+            )
+            audit_record(action="record.observed", target=record, after=_state_of(record))
+            return record
+        before = _state_of(record)
+        if record.observe(snapshot):
+            record.save()
+            audit_record(
+                action="record.source_changed",
+                target=record,
+                before=before,
+                after=_state_of(record),
+            )
+        return record
+
+
+def record_claim(*, record_id: int) -> SyncRecord:
+    """Take a pending record for work (pending -> in_progress)."""
+    with transaction.atomic():
+        record = SyncRecord.objects.select_for_update().get(pk=record_id)
+        record.claim(now=timezone.now())
+        record.save()
+    return record
+
+
+def _finish(record_id: int, action: str, apply, reason: str = "") -> SyncRecord:
+    with transaction.atomic():
+        record = SyncRecord.objects.select_for_update().get(pk=record_id)
+        before = _state_of(record)
+        apply(record)
+        record.save()
+        audit_record(
+            action=action, target=record, before=before, after=_state_of(record), reason=reason
+        )
+    return record
+
+
+def record_mark_synced(
+    *, record_id: int, dolibarr_kind: str, dolibarr_id: int, dolibarr_ref: str = ""
+) -> SyncRecord:
+    """The Dolibarr id is saved in the same transaction as the state change."""
+    return _finish(
+        record_id,
+        "record.synced",
+        lambda r: r.mark_synced(
+            dolibarr_kind=dolibarr_kind,
+            dolibarr_id=dolibarr_id,
+            dolibarr_ref=dolibarr_ref,
+            now=timezone.now(),
+        ),
+    )
+
+
+def record_mark_retry_later(*, record_id: int, error: str, delay: timedelta) -> SyncRecord:
+    return _finish(
+        record_id,
+        "record.retry_scheduled",
+        lambda r: r.mark_retry_later(error=error, delay=delay, now=timezone.now()),
+        reason=error,
+    )
+
+
+def record_mark_failed(*, record_id: int, error: str) -> SyncRecord:
+    return _finish(record_id, "record.failed", lambda r: r.mark_failed(error=error), reason=error)
+
+
+def record_mark_needs_review(*, record_id: int, reason: str) -> SyncRecord:
+    return _finish(
+        record_id,
+        "record.needs_review",
+        lambda r: r.mark_needs_review(reason=reason),
+        reason=reason,
+    )
+
+
+def record_mark_skipped(*, record_id: int, reason: str) -> SyncRecord:
+    return _finish(
+        record_id, "record.skipped", lambda r: r.mark_skipped(reason=reason), reason=reason
+    )
+
+
+def record_retry(*, record: SyncRecord, actor, reason: str = "") -> SyncRecord:
+    """A person asks for another attempt (failed / needs review / skipped / synced -> pending)."""
+    with transaction.atomic():
+        locked = SyncRecord.objects.select_for_update().get(pk=record.pk)
+        before = _state_of(locked)
+        locked.mark_pending_for_retry()
+        locked.save()
+        audit_record(
+            action="record.retry_requested",
+            actor=actor,
+            target=locked,
+            before=before,
+            after=_state_of(locked),
+            reason=reason,
+        )
+    return locked
+
+
+def records_due(*, limit: int = 100) -> list[SyncRecord]:
+    return list(SyncRecord.objects.due().order_by("next_attempt_at", "id")[:limit])
+
+
+__all__ = [
+    "SyncState",
+    "record_claim",
+    "record_mark_failed",
+    "record_mark_needs_review",
+    "record_mark_retry_later",
+    "record_mark_skipped",
+    "record_mark_synced",
+    "record_observe",
+    "record_retry",
+    "records_due",
+]

@@ -1,0 +1,3 @@
+"""Shared fixtures. Sandbox fixtures live in their own plugin modules, one per outside system."""
+
+pytest_plugins: list[str] = []
