@@ -1,0 +1,104 @@
+from datetime import timedelta
+
+import pytest
+
+from reconciliation.errors import InvalidTransition
+from reconciliation.models import AuditEvent, SyncRecord, SyncState
+from reconciliation.services.records import (
+    record_claim,
+    record_mark_failed,
+    record_mark_needs_review,
+    record_mark_retry_later,
+    record_mark_synced,
+    record_observe,
+    record_retry,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+def _observe(snapshot=None, external_id="in_1"):
+    return record_observe(
+        source="stripe", kind="invoice", external_id=external_id, snapshot=snapshot or {"a": 1}
+    )
+
+
+def test_a_new_source_object_becomes_a_pending_record():
+    record = _observe()
+    assert record.state == SyncState.PENDING
+    assert AuditEvent.objects.filter(action="record.observed", target_id=str(record.pk)).exists()
+
+
+def test_observing_the_same_snapshot_twice_keeps_one_record_and_writes_nothing_new():
+    _observe({"a": 1, "b": 2})
+    audit_count = AuditEvent.objects.count()
+    _observe({"b": 2, "a": 1})
+    assert SyncRecord.objects.count() == 1
+    assert AuditEvent.objects.count() == audit_count
+
+
+def test_a_changed_snapshot_makes_a_synced_record_pending_again():
+    record = _observe({"status": "open"})
+    record_claim(record_id=record.pk)
+    record_mark_synced(record_id=record.pk, dolibarr_kind="invoice", dolibarr_id=7)
+    record = _observe({"status": "paid"})
+    assert record.state == SyncState.PENDING
+    assert record.dolibarr_id == 7
+
+
+def test_synced_keeps_the_dolibarr_id_and_audits_the_change():
+    record = _observe()
+    record_claim(record_id=record.pk)
+    record = record_mark_synced(
+        record_id=record.pk, dolibarr_kind="invoice", dolibarr_id=42, dolibarr_ref="FA2611-0001"
+    )
+    event = AuditEvent.objects.get(action="record.synced")
+    assert (record.state, record.dolibarr_id) == (SyncState.SYNCED, 42)
+    assert event.before["state"] == SyncState.IN_PROGRESS
+    assert event.after["dolibarr_id"] == 42
+
+
+def test_a_record_cannot_be_claimed_twice():
+    record = _observe()
+    record_claim(record_id=record.pk)
+    with pytest.raises(InvalidTransition):
+        record_claim(record_id=record.pk)
+
+
+def test_retry_later_sets_the_next_attempt_and_keeps_the_error():
+    record = _observe()
+    record_claim(record_id=record.pk)
+    record = record_mark_retry_later(
+        record_id=record.pk, error="Dolibarr 503", delay=timedelta(minutes=5)
+    )
+    assert record.state == SyncState.PENDING
+    assert record.last_error == "Dolibarr 503"
+    assert not SyncRecord.objects.due().filter(pk=record.pk).exists()
+
+
+def test_a_failed_record_is_retried_by_a_person_and_the_actor_is_audited(django_user_model):
+    operator = django_user_model.objects.create_user("olga")
+    record = _observe()
+    record_claim(record_id=record.pk)
+    record_mark_failed(record_id=record.pk, error="400 Bad Request: name field missing")
+    record = record_retry(record=record, actor=operator, reason="fixed the name")
+    event = AuditEvent.objects.get(action="record.retry_requested")
+    assert record.state == SyncState.PENDING
+    assert (event.actor, event.actor_label, event.reason) == (operator, "olga", "fixed the name")
+
+
+def test_a_pending_record_cannot_be_sent_to_review_without_being_claimed():
+    record = _observe()
+    with pytest.raises(InvalidTransition):
+        record_mark_needs_review(record_id=record.pk, reason="two candidates")
+    assert SyncRecord.objects.get(pk=record.pk).state == SyncState.PENDING
+
+
+def test_records_are_unique_on_source_kind_and_external_id():
+    from django.db import IntegrityError
+
+    _observe()
+    with pytest.raises(IntegrityError):
+        SyncRecord.objects.create(
+            source="stripe", kind="invoice", external_id="in_1", snapshot_hash="x"
+        )
