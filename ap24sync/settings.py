@@ -14,7 +14,18 @@ from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-env = environ.Env()
+
+
+class _Env(environ.Env):
+    """An empty variable counts as unset, so that a copy of .env.example works as it is."""
+
+    def get_value(self, var, cast=None, default=environ.Env.NOTSET, parse_default=False):
+        if self.ENVIRON.get(var) == "" and default is not environ.Env.NOTSET:
+            return default
+        return super().get_value(var, cast=cast, default=default, parse_default=parse_default)
+
+
+env = _Env()
 _env_file = env.str("AP24SYNC_ENV_FILE", default=str(BASE_DIR / ".env"))
 if Path(_env_file).is_file():
     environ.Env.read_env(_env_file, overwrite=False)

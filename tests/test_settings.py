@@ -16,7 +16,8 @@ def _run(*args, **env_overrides):
         for key, value in os.environ.items()
         if not key.startswith(("DJANGO_", "DATABASE_URL", "REDIS_URL", "SECRET_KEY", "AP24SYNC"))
     }
-    env.update(AP24SYNC_ENV_FILE=str(ROOT / "does-not-exist.env"), **env_overrides)
+    env["AP24SYNC_ENV_FILE"] = str(ROOT / "does-not-exist.env")
+    env.update(env_overrides)
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,
@@ -98,3 +99,8 @@ def test_json_logs_are_one_object_per_line_without_secrets():
     line = json.loads(result.stderr.strip().splitlines()[-1])
     assert line["message"] == "key=[redacted]"
     assert line["level"] == "ERROR"
+
+
+def test_a_copy_of_env_example_works_as_it_is():
+    result = _run("check", AP24SYNC_ENV_FILE=str(ROOT / ".env.example"))
+    assert result.returncode == 0, result.stderr
