@@ -1,0 +1,156 @@
+"""`manage.py demo`: the console on the embedded default, with demo data, in one command.
+
+Migrates, creates a demo staff login (printed), starts the sandbox Dolibarr and Stripe with
+generated data, pulls the Stripe data into sync records, starts the django-q2 cluster and the web
+server, and prints where to log in. Ctrl-C (or SIGTERM) stops every process it started.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from reconciliation.demo import DemoError, Supervisor, free_port, port_is_free
+from reconciliation.errors import Ap24SyncError
+
+DEMO_USERNAME = "finance"
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum, frame):
+    raise _Stop
+
+
+class Command(BaseCommand):
+    help = "Start the console with demo data on the embedded default; Ctrl-C stops everything."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--port", type=int, default=8000, help="web port (0 = any free one)")
+        parser.add_argument("--seed", type=int, default=2026, help="seed of the demo data")
+        parser.add_argument("--customers", type=int, default=40, help="Stripe demo customers")
+        parser.add_argument(
+            "--log-dir",
+            default=str(Path(settings.BASE_DIR) / ".demo"),
+            help="where the child processes write their logs",
+        )
+
+    def handle(self, *args, **options):
+        signal.signal(signal.SIGTERM, _raise_stop)
+        web_port = options["port"] or free_port()
+        if not port_is_free(web_port):
+            web_port = free_port()
+        dolibarr_key = secrets.token_hex(16)
+        stripe_key = "sk_test_demo" + secrets.token_hex(12)
+        webhook_secret = "whsec_demo" + secrets.token_hex(16)
+
+        self.stdout.write("Preparing the database …")
+        call_command("migrate", interactive=False, verbosity=0)
+        password = self._demo_login()
+
+        supervisor = Supervisor(log_dir=Path(options["log_dir"]), env=dict(os.environ))
+        try:
+            dolibarr_url = self._start_sandbox(
+                supervisor,
+                "dolibarr-sandbox",
+                ["-m", "reconciliation.sandbox.dolibarr", "--port", "0", "--api-key", dolibarr_key],
+            )
+            stripe_url = self._start_sandbox(
+                supervisor,
+                "stripe-sandbox",
+                [
+                    "-m",
+                    "reconciliation.sandbox.stripe",
+                    "--port",
+                    "0",
+                    "--api-key",
+                    stripe_key,
+                    "--seed",
+                    str(options["seed"]),
+                    "--customers",
+                    str(options["customers"]),
+                    "--webhook-secret",
+                    webhook_secret,
+                ],
+            )
+            remote_env = {
+                "DOLIBARR_URL": dolibarr_url,
+                "DOLIBARR_API_KEY": dolibarr_key,
+                "STRIPE_API_BASE": stripe_url,
+                "STRIPE_API_KEY": stripe_key,
+                "STRIPE_WEBHOOK_SECRET": webhook_secret,
+            }
+            supervisor.env.update(remote_env)
+            for name, value in remote_env.items():
+                setattr(settings, name, value)
+
+            self.stdout.write("Pulling the demo data from the Stripe sandbox …")
+            self._pull_demo_data()
+
+            cluster = supervisor.start("qcluster", ["manage.py", "qcluster"])
+            supervisor.drain(cluster)
+            web = supervisor.start(
+                "web", ["manage.py", "runserver", f"127.0.0.1:{web_port}", "--noreload"]
+            )
+            supervisor.drain(web)
+            base = f"http://127.0.0.1:{web_port}"
+            supervisor.wait_http(web, f"{base}/admin/login/")
+            self._announce(base, password, dolibarr_url, stripe_url, supervisor.log_dir)
+            signal.signal(signal.SIGINT, _raise_stop)
+            while True:
+                exited = supervisor.first_exited()
+                if exited is not None:
+                    raise DemoError(f"{exited.name} stopped; see {exited.log_path}")
+                time.sleep(0.5)
+        except (_Stop, KeyboardInterrupt):
+            self.stdout.write("Stopping …")
+        except (DemoError, Ap24SyncError) as exc:
+            raise CommandError(str(exc)) from exc
+        finally:
+            supervisor.stop_all()
+        self.stdout.write("Demo stopped; every process it started has ended.")
+
+    def _demo_login(self) -> str:
+        password = secrets.token_urlsafe(12)
+        user, _ = get_user_model().objects.get_or_create(
+            username=DEMO_USERNAME, defaults={"email": "finance@demo.invalid"}
+        )
+        user.is_staff = user.is_superuser = True
+        user.set_password(password)
+        user.save()
+        return password
+
+    def _start_sandbox(self, supervisor: Supervisor, name: str, args: list[str]) -> str:
+        child = supervisor.start(name, args)
+        line = supervisor.first_line(child)
+        url = line.rsplit(" ", 1)[-1]
+        if not url.startswith("http://127.0.0.1:"):
+            raise DemoError(f"{name} said {line!r}; see {child.log_path}")
+        self.stdout.write(f"  {name}: {url}")
+        return url
+
+    def _pull_demo_data(self) -> None:
+        from reconciliation.connectors.stripe import StripeConnector
+        from reconciliation.sync.stripe_pull import stripe_pull_all
+
+        counts = stripe_pull_all(connector=StripeConnector.from_settings(), trigger="manual")
+        summary = ", ".join(f"{count} {stream}" for stream, count in counts.items())
+        self.stdout.write(f"  sync records: {summary}")
+
+    def _announce(self, base, password, dolibarr_url, stripe_url, log_dir) -> None:
+        self.stdout.write("")
+        self.stdout.write(self.style.SUCCESS(f"ap24sync demo is running at {base}/admin/"))
+        self.stdout.write(f"Log in at {base}/admin/ as {DEMO_USERNAME} / {password}")
+        self.stdout.write(f"Sandbox Dolibarr {dolibarr_url}, sandbox Stripe {stripe_url}")
+        self.stdout.write(f"Logs: {log_dir}/  —  Ctrl-C stops everything.")
+        self.stdout.flush()
