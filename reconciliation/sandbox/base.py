@@ -159,6 +159,9 @@ class _CloseWithoutAnswer(Exception):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in two writes; with Nagle on, a keep-alive client waits for the
+    # delayed ACK (about 40 ms) on every request.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -211,6 +214,8 @@ class SandboxServer:
     """Base of the stand-ins. Subclasses fill `self.router` and may override `authenticate`."""
 
     name = "sandbox"
+    # How often the serving thread checks for `stop()`; stopping waits up to this long.
+    poll_interval = 0.5
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, faults: Faults | None = None):
         self.host, self.port = host, port
@@ -233,7 +238,10 @@ class SandboxServer:
         self._server.sandbox = self
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name=f"{self.name}-{self.port}", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": self.poll_interval},
+            name=f"{self.name}-{self.port}",
+            daemon=True,
         )
         self._thread.start()
         return self
