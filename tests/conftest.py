@@ -1,3 +1,5 @@
 """Shared fixtures. Sandbox fixtures live in their own plugin modules, one per outside system."""
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = [
+    "tests.fixtures_stripe",
+]

@@ -5,6 +5,7 @@ import pytest
 from reconciliation.errors import InvalidTransition
 from reconciliation.models import AuditEvent, SyncRecord, SyncState
 from reconciliation.services.records import (
+    Observed,
     record_claim,
     record_mark_failed,
     record_mark_needs_review,
@@ -18,9 +19,10 @@ pytestmark = pytest.mark.django_db
 
 
 def _observe(snapshot=None, external_id="in_1"):
-    return record_observe(
+    record, _ = record_observe(
         source="stripe", kind="invoice", external_id=external_id, snapshot=snapshot or {"a": 1}
     )
+    return record
 
 
 def test_a_new_source_object_becomes_a_pending_record():
@@ -32,7 +34,10 @@ def test_a_new_source_object_becomes_a_pending_record():
 def test_observing_the_same_snapshot_twice_keeps_one_record_and_writes_nothing_new():
     _observe({"a": 1, "b": 2})
     audit_count = AuditEvent.objects.count()
-    _observe({"b": 2, "a": 1})
+    _, outcome = record_observe(
+        source="stripe", kind="invoice", external_id="in_1", snapshot={"b": 2, "a": 1}
+    )
+    assert outcome == Observed.UNCHANGED
     assert SyncRecord.objects.count() == 1
     assert AuditEvent.objects.count() == audit_count
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from enum import StrEnum
 
 from django.db import transaction
 from django.utils import timezone
@@ -21,7 +22,15 @@ def _state_of(record: SyncRecord) -> dict:
     }
 
 
-def record_observe(*, source: str, kind: str, external_id: str, snapshot: dict) -> SyncRecord:
+class Observed(StrEnum):
+    NEW = "new"
+    CHANGED = "changed"
+    UNCHANGED = "unchanged"
+
+
+def record_observe(
+    *, source: str, kind: str, external_id: str, snapshot: dict
+) -> tuple[SyncRecord, Observed]:
     """Store what the source says about an object. New objects start pending; a changed snapshot
     makes a settled record pending again; an unchanged one changes nothing (and writes nothing)."""
     external_id = str(external_id)
@@ -40,7 +49,7 @@ def record_observe(*, source: str, kind: str, external_id: str, snapshot: dict) 
                 snapshot_hash=snapshot_hash(snapshot),
             )
             audit_record(action="record.observed", target=record, after=_state_of(record))
-            return record
+            return record, Observed.NEW
         before = _state_of(record)
         if record.observe(snapshot):
             record.save()
@@ -50,7 +59,8 @@ def record_observe(*, source: str, kind: str, external_id: str, snapshot: dict) 
                 before=before,
                 after=_state_of(record),
             )
-        return record
+            return record, Observed.CHANGED
+        return record, Observed.UNCHANGED
 
 
 def record_claim(*, record_id: int) -> SyncRecord:
@@ -141,6 +151,7 @@ def records_due(*, limit: int = 100) -> list[SyncRecord]:
 
 
 __all__ = [
+    "Observed",
     "SyncState",
     "record_claim",
     "record_mark_failed",

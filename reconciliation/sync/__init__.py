@@ -1,0 +1,1 @@
+"""Streams: one module per source stream, turning source objects into sync records."""
