@@ -32,8 +32,23 @@ class RemoteError(Ap24SyncError):
 class TransientError(RemoteError):
     """May succeed later: connection refused or reset, timeout, 429, 5xx.
 
-    After a transient error on a write the outcome is unknown: the caller must look the object
-    up again before retrying."""
+    `outcome_unknown` is True when a write may have been applied although no answer came back
+    (a timeout or a connection lost after the request was sent): the caller must look the object
+    up again before retrying. `retry_after` is the delay in seconds the remote asked for (429)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        system: str,
+        status: int | None = None,
+        endpoint: str = "",
+        outcome_unknown: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, system=system, status=status, endpoint=endpoint)
+        self.outcome_unknown = outcome_unknown
+        self.retry_after = retry_after
 
 
 class PermanentError(RemoteError):
