@@ -15,7 +15,6 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
-
 class _Env(environ.Env):
     """An empty variable counts as unset, so that a copy of .env.example works as it is."""
 
