@@ -104,3 +104,22 @@ def test_json_logs_are_one_object_per_line_without_secrets():
 def test_a_copy_of_env_example_works_as_it_is():
     result = _run("check", AP24SYNC_ENV_FILE=str(ROOT / ".env.example"))
     assert result.returncode == 0, result.stderr
+
+
+def _variables_read_by_settings():
+    import re
+
+    text = (ROOT / "ap24sync" / "settings.py").read_text()
+    return set(re.findall(r'env\.\w+\(\s*"([A-Z][A-Z0-9_]+)"', text))
+
+
+def test_every_variable_the_settings_read_is_in_env_example():
+    documented = (ROOT / ".env.example").read_text()
+    missing = {name for name in _variables_read_by_settings() if f"\n{name}=" not in documented}
+    assert not missing
+
+
+def test_every_variable_the_settings_read_is_in_the_readme_table():
+    readme = (ROOT / "README.md").read_text()
+    missing = {name for name in _variables_read_by_settings() if f"`{name}`" not in readme}
+    assert not missing
