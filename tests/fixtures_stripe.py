@@ -17,7 +17,7 @@ from reconciliation.sandbox.stripe import StripeSandbox
 from reconciliation.sandbox.stripe_data import StripeDataset, generate
 
 STRIPE_TEST_KEY = "sk_test_sandbox0123456789"
-STRIPE_TEST_WEBHOOK_SECRET = "whsec_sandbox0123456789abcdef"
+STRIPE_TEST_WEBHOOK_SECRET = "whsec_test_sandbox_0123456789"
 STRIPE_TEST_SEED = 11
 STRIPE_TEST_CUSTOMERS = 12
 STRIPE_TEST_START = datetime(2026, 1, 1, tzinfo=UTC)

@@ -1360,7 +1360,7 @@ def _retry_after(response: requests.Response) -> float | None:
         return None
     value = value.strip()
     if value.isdigit():
-        return float(value)
+        return int(value)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
