@@ -13,6 +13,7 @@ from reconciliation.services.records import (
     record_mark_synced,
     record_observe,
     record_retry,
+    records_claim_due,
 )
 
 pytestmark = pytest.mark.django_db
@@ -107,3 +108,26 @@ def test_records_are_unique_on_source_kind_and_external_id():
         SyncRecord.objects.create(
             source="stripe", kind="invoice", external_id="in_1", snapshot_hash="x"
         )
+
+
+def test_claiming_due_records_takes_each_once():
+    for n in range(3):
+        _observe(external_id=f"in_{n}")
+    first = records_claim_due(limit=2)
+    second = records_claim_due(limit=2)
+    assert len(first) == 2
+    assert len(second) == 1
+    assert {r.pk for r in first}.isdisjoint({r.pk for r in second})
+    assert records_claim_due(limit=2) == []
+
+
+def test_a_record_held_past_its_lease_is_claimed_again():
+    _observe()
+    (record,) = records_claim_due()
+    assert records_claim_due(lease=timedelta(minutes=15)) == []
+    SyncRecord.objects.filter(pk=record.pk).update(
+        last_attempt_at=record.last_attempt_at - timedelta(hours=1)
+    )
+    (again,) = records_claim_due(lease=timedelta(minutes=15))
+    assert (again.pk, again.attempts) == (record.pk, 2)
+    assert AuditEvent.objects.filter(action="record.lease_expired").count() == 1

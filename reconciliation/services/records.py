@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from enum import StrEnum
 
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from reconciliation.audit import audit_record
@@ -150,10 +150,52 @@ def records_due(*, limit: int = 100) -> list[SyncRecord]:
     return list(SyncRecord.objects.due().order_by("next_attempt_at", "id")[:limit])
 
 
+def records_claim_due(
+    *,
+    limit: int = 1,
+    lease: timedelta = timedelta(minutes=15),
+    source: str | None = None,
+    kinds: list[str] | None = None,
+) -> list[SyncRecord]:
+    """Claim up to `limit` due records for this worker (pending -> in_progress) in one short
+    transaction. On PostgreSQL the rows are locked with SKIP LOCKED, so concurrent workers never
+    claim the same record; SQLite serialises the claim transactions themselves (IMMEDIATE), and
+    the state is re-checked under the lock either way.
+
+    A record left `in_progress` longer than `lease` belongs to a worker that died: it is due
+    again (its next attempt looks the remote objects up before writing anything)."""
+    now = timezone.now()
+    stale = models.Q(state=SyncState.IN_PROGRESS, last_attempt_at__lt=now - lease)
+    pending = models.Q(state=SyncState.PENDING) & (
+        models.Q(next_attempt_at__isnull=True) | models.Q(next_attempt_at__lte=now)
+    )
+    candidates = SyncRecord.objects.filter(pending | stale)
+    if source:
+        candidates = candidates.filter(source=source)
+    if kinds:
+        candidates = candidates.filter(kind__in=kinds)
+    with transaction.atomic():
+        locked = list(
+            candidates.select_for_update(skip_locked=True).order_by("next_attempt_at", "id")[:limit]
+        )
+        for record in locked:
+            if record.state == SyncState.IN_PROGRESS:
+                record.state = SyncState.PENDING  # reclaimed from a dead worker
+                audit_record(
+                    action="record.lease_expired",
+                    target=record,
+                    reason=f"in progress since {record.last_attempt_at:%Y-%m-%d %H:%M:%S}",
+                )
+            record.claim(now=now)
+            record.save(update_fields=["state", "attempts", "last_attempt_at", "updated_at"])
+    return locked
+
+
 __all__ = [
     "Observed",
     "SyncState",
     "record_claim",
+    "records_claim_due",
     "record_mark_failed",
     "record_mark_needs_review",
     "record_mark_retry_later",
