@@ -195,7 +195,6 @@ __all__ = [
     "Observed",
     "SyncState",
     "record_claim",
-    "records_claim_due",
     "record_mark_failed",
     "record_mark_needs_review",
     "record_mark_retry_later",
@@ -203,5 +202,6 @@ __all__ = [
     "record_mark_synced",
     "record_observe",
     "record_retry",
+    "records_claim_due",
     "records_due",
 ]
