@@ -139,11 +139,23 @@ DOLIBARR_CONNECT_TIMEOUT = env.float("DOLIBARR_CONNECT_TIMEOUT", default=3.05)
 DOLIBARR_READ_TIMEOUT = env.float("DOLIBARR_READ_TIMEOUT", default=30.0)
 DOLIBARR_MAX_RETRIES = env.int("DOLIBARR_MAX_RETRIES", default=3)
 DOLIBARR_UI_URL = env.str("DOLIBARR_UI_URL", default="")
+# Bank accounts by their Dolibarr ref (resolved to ids at run time, never hard-coded ids).
+DOLIBARR_STRIPE_BANK_ACCOUNT = env.str("DOLIBARR_STRIPE_BANK_ACCOUNT", default="STRIPE")
+DOLIBARR_PAYOUT_BANK_ACCOUNT = env.str("DOLIBARR_PAYOUT_BANK_ACCOUNT", default="")
+DOLIBARR_MULTICURRENCY = env.bool("DOLIBARR_MULTICURRENCY", default=False)
+# Seconds a worker waits for the numbered-write lane before giving up (transient).
+DOLIBARR_LANE_TIMEOUT = env.int("DOLIBARR_LANE_TIMEOUT", default=300)
+
+# --- Sync engine ----------------------------------------------------------------------------
+SYNC_WORKERS = env.int("SYNC_WORKERS", default=4)
+SYNC_MAX_ATTEMPTS = env.int("SYNC_MAX_ATTEMPTS", default=8)
+SYNC_LEASE_MINUTES = env.int("SYNC_LEASE_MINUTES", default=15)
 
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_MAX_NETWORK_RETRIES = env.int("STRIPE_MAX_NETWORK_RETRIES", default=2)
+STRIPE_WEBHOOK_MAX_BYTES = env.int("STRIPE_WEBHOOK_MAX_BYTES", default=262144)
 
 # Values that must never appear in logs, pages or audit payloads (see reconciliation.logs).
 SECRET_SETTING_NAMES = ("SECRET_KEY", "DOLIBARR_API_KEY", "STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET")
