@@ -7,7 +7,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.utils.translation import gettext_lazy as _
 
-from reconciliation.errors import InvalidTransition
+from reconciliation.errors import Ap24SyncError, InvalidTransition
 from reconciliation.models import (
     AuditEvent,
     Cursor,
@@ -17,6 +17,7 @@ from reconciliation.models import (
     SyncRun,
 )
 from reconciliation.services.records import record_retry
+from reconciliation.sync.stripe_events import Result, stripe_events_reprocess
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -114,6 +115,34 @@ class InboundEventAdmin(ReadOnlyAdmin):
     list_filter = ("source", "verified", "event_type")
     search_fields = ("event_id",)
     readonly_fields = [f.name for f in InboundEvent._meta.fields]
+    actions = ["reprocess_selected"]
+    reprocess_limit = 100  # each event is re-fetched from Stripe while the page waits
+
+    def has_reprocess_permission(self, request):
+        return request.user.has_perm("reconciliation.change_inboundevent")
+
+    @admin.action(description=_("Reprocess selected events"), permissions=["reprocess"])
+    def reprocess_selected(self, request, queryset):
+        if queryset.count() > self.reprocess_limit:
+            self.message_user(
+                request,
+                _("Select at most %d events to reprocess at once.") % self.reprocess_limit,
+                level=messages.ERROR,
+            )
+            return
+        try:
+            outcomes = stripe_events_reprocess(events=queryset.order_by("pk"), actor=request.user)
+        except Ap24SyncError as exc:
+            self.message_user(request, str(exc), level=messages.ERROR)
+            return
+        levels = {
+            Result.PROCESSED: messages.SUCCESS,
+            Result.FAILED: messages.ERROR,
+            Result.ALREADY_PROCESSED: messages.INFO,
+            Result.NOT_STRIPE: messages.WARNING,
+        }
+        for outcome in outcomes:
+            self.message_user(request, outcome.message, level=levels[outcome.result])
 
 
 @admin.register(AuditEvent)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from reconciliation.connectors.stripe import StripeConnector
 from reconciliation.models import Trigger
+from reconciliation.sync.stripe_events import stripe_event_process, stripe_events_pull
 from reconciliation.sync.stripe_pull import stripe_stream_pull
 
 
@@ -11,4 +12,15 @@ def stripe_stream_pull_task(stream: str, *, full: bool = False, trigger: str = T
     run = stripe_stream_pull(
         connector=StripeConnector.from_settings(), stream=stream, trigger=trigger, full=full
     )
+    return {"run": run.pk, "counts": run.counts}
+
+
+def stripe_event_process_task(event_pk: int):
+    """Queued by the Stripe webhook once the event is stored."""
+    outcome = stripe_event_process(event_id=event_pk, connector=StripeConnector.from_settings())
+    return {"event": outcome.event.event_id, "result": outcome.result.value}
+
+
+def stripe_events_pull_task(*, trigger: str = Trigger.SCHEDULE):
+    run = stripe_events_pull(connector=StripeConnector.from_settings(), trigger=trigger)
     return {"run": run.pk, "counts": run.counts}

@@ -17,8 +17,10 @@ def inbound_event_store(
     body: str,
     headers: dict,
     verified: bool,
+    received_via: str = "webhook",
 ) -> tuple[InboundEvent, bool]:
-    """Store an event once. Returns (event, created); a replay returns the stored event."""
+    """Store an event once. Returns (event, created); a replay returns the stored event.
+    `received_via` names the channel in the audit trail ("webhook", "events pull")."""
     try:
         with transaction.atomic():
             event = InboundEvent.objects.create(
@@ -31,7 +33,7 @@ def inbound_event_store(
             )
             audit_record(
                 action="event.received",
-                actor_label=f"{source} webhook",
+                actor_label=f"{source} {received_via}",
                 target=event,
                 after={"event_type": event_type, "verified": verified},
             )
@@ -40,12 +42,14 @@ def inbound_event_store(
     return event, True
 
 
-def inbound_event_processed(*, event_id: int) -> InboundEvent:
+def inbound_event_processed(*, event_id: int, effect: str = "") -> InboundEvent:
+    """`effect` says what processing changed ("invoice in_… changed", "no effect: …"), kept in
+    the audit trail so that an event handled without effect is explained too."""
     with transaction.atomic():
         event = InboundEvent.objects.select_for_update().get(pk=event_id)
         event.mark_processed(now=timezone.now())
         event.save()
-        audit_record(action="event.processed", target=event)
+        audit_record(action="event.processed", target=event, reason=effect)
     return event
 
 
