@@ -72,10 +72,11 @@ from reconciliation.connectors.dolibarr_types import (
     Thirdparty,
     as_decimal,
     as_int,
+    as_str,
     lines_sequence,
     to_timestamp,
 )
-from reconciliation.connectors.sqlfilters import SqlFilter, equals
+from reconciliation.connectors.sqlfilters import SqlFilter, any_of, equals
 from reconciliation.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -108,6 +109,25 @@ UNPAID_CLOSE_CODES: Final = frozenset(
 # % #` in the path (171); Stripe ids and site names never need more than this.
 _SAFE_PATH_SEGMENT = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _SAFE_DOCUMENT_REF = re.compile(r"^[A-Za-z0-9_.\-()]+$")
+
+# Batched look-ups put this many `ref_ext` criteria in one sqlfilters value: Stripe ids are
+# ~30 characters, so a chunk stays far below common URL limits (8 KB).
+BATCH_REF_EXTS: Final = 40
+
+# The invoice fields a sync needs to decide what to do next (state, totals, links).
+INVOICE_STATE_PROPERTIES: Final = (
+    "ref",
+    "ref_ext",
+    "type",
+    "socid",
+    "statut",
+    "paye",
+    "total_ht",
+    "total_tva",
+    "total_ttc",
+    "close_code",
+    "fk_facture_source",
+)
 
 _NOT_MODIFIED: Final = object()
 _NO_BODY: Final = object()
@@ -211,6 +231,19 @@ class DolibarrClient:
         in the path (171). An email holding a quote raises UnsafeFilterValue."""
         return self._thirdparty_search(equals("t.email", email))
 
+    def find_thirdparties_by_ref_exts(
+        self, *, ref_exts: Sequence[str]
+    ) -> dict[str, list[Thirdparty]]:
+        """Thirdparties for many `ref_ext`s at once (criteria joined with `or`), `BATCH_REF_EXTS`
+        per request: the look-ups that guard a batch of creations cost one call, not one per
+        object. Every asked ref_ext is a key; exact matches only."""
+        found: dict[str, list[Thirdparty]] = {ref: [] for ref in ref_exts}
+        for chunk in _chunks(list(found), BATCH_REF_EXTS):
+            for row in self._thirdparty_search(any_of(*(equals("t.ref_ext", r) for r in chunk))):
+                if row.ref_ext in found:
+                    found[row.ref_ext].append(row)
+        return found
+
     def get_thirdparty(self, *, thirdparty_id: int) -> Thirdparty:
         raw = self._call("GET", "/thirdparties/{id}", path={"id": thirdparty_id})
         return Thirdparty.from_raw(_as_object(raw, "thirdparty"))
@@ -287,6 +320,7 @@ class DolibarrClient:
         live: bool,
         site_account: str | None = None,
         replace: bool = False,
+        known_unlinked: bool = False,
     ) -> ActionResult[StripeLink]:
         """Link a Stripe customer to the thirdparty (the link Dolibarr's Stripe module reads).
 
@@ -295,9 +329,10 @@ class DolibarrClient:
         same customer id -> nothing done (`changed=False`); another one -> PermanentError unless
         `replace=True` (an organisation with two Stripe customers needs a human decision).
         `live` sets `status` 1 (live) or 0 (test), which the Stripe module filters on; not sending
-        it stores 0 (101)."""
+        it stores 0 (101). `known_unlinked=True` skips that read when the caller has just
+        created the thirdparty in this same attempt (it cannot hold a link yet)."""
         _check_path_segment(customer_id, "Stripe customer id")
-        current = self.stripe_link(thirdparty_id=thirdparty_id)
+        current = None if known_unlinked else self.stripe_link(thirdparty_id=thirdparty_id)
         if current is not None and current.customer_id == customer_id:
             return ActionResult(changed=False, value=current)
         if current is not None and not replace:
@@ -446,6 +481,24 @@ class DolibarrClient:
         rows = self._call("GET", "/invoices", params=_by_ref_ext(ref_ext))
         invoices = [Invoice.from_raw(row) for row in _as_list(rows, "invoices")]
         return _exact_ref_ext(invoices, ref_ext)
+
+    def find_invoices_by_ref_exts(
+        self, *, ref_exts: Sequence[str], properties: Sequence[str] = INVOICE_STATE_PROPERTIES
+    ) -> dict[str, list[Invoice]]:
+        """Invoices and credit notes for many `ref_ext`s at once (`or` criteria, only the state
+        fields by default: full objects weigh ~10 KB each, 167). Every asked ref_ext is a key;
+        exact matches only, oldest first."""
+        found: dict[str, list[Invoice]] = {ref: [] for ref in ref_exts}
+        for chunk in _chunks(list(found), BATCH_REF_EXTS):
+            rows = self.iter_invoices(
+                filters=any_of(*(equals("t.ref_ext", r) for r in chunk)),
+                properties=properties,
+                page_size=100,
+            )
+            for row in rows:
+                if row.ref_ext in found:
+                    found[row.ref_ext].append(row)
+        return found
 
     def list_invoices(
         self,
@@ -770,6 +823,22 @@ class DolibarrClient:
         payments = [Payment.from_raw(row) for row in _as_list(rows, "paiements")]
         return _exact_ref_ext(payments, ref_ext)
 
+    def find_payments_by_ref_exts(self, *, ref_exts: Sequence[str]) -> dict[str, list[Payment]]:
+        """Payments for many `ref_ext`s at once (`or` criteria; `/paiements` has no paging,
+        168). Every asked ref_ext is a key; exact matches only, oldest first."""
+        found: dict[str, list[Payment]] = {ref: [] for ref in ref_exts}
+        for chunk in _chunks(list(found), BATCH_REF_EXTS):
+            params = {
+                "sqlfilters": any_of(*(equals("t.ref_ext", r) for r in chunk)),
+                "sortfield": "t.rowid",
+                "sortorder": "ASC",
+            }
+            for row in _as_list(self._call("GET", "/paiements", params=params), "paiements"):
+                payment = Payment.from_raw(row)
+                if payment.ref_ext in found:
+                    found[payment.ref_ext].append(payment)
+        return found
+
     def invoice_payments(self, *, invoice_id: int) -> list[InvoicePayment]:
         """The payments recorded on one invoice (54, 59), refunds negative on a credit note
         (74)."""
@@ -799,6 +868,15 @@ class DolibarrClient:
                 endpoint="GET /setup/dictionary/payment_types",
             )
         return cached[code]
+
+    def company_currency(self) -> str:
+        """The own company's currency (`currency_code` of `GET /setup/company`, EUR on the
+        recorded instance, 12): every amount Dolibarr computes is in it."""
+        raw = _as_object(self._call("GET", "/setup/company"), "company")
+        code = as_str(raw.get("currency_code"))
+        if code is None:
+            raise self._unexpected("GET /setup/company", "a company with a currency_code")
+        return code
 
     # -- bank ---------------------------------------------------------------------------------
 
@@ -1407,6 +1485,11 @@ def _invoice_pdf_path(invoice_ref: str) -> str:
     if not _SAFE_DOCUMENT_REF.match(invoice_ref or ""):
         raise ValueError(f"not an invoice ref: {invoice_ref!r}")
     return f"{invoice_ref}/{invoice_ref}.pdf"
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _by_ref_ext(ref_ext: str) -> dict[str, Any]:

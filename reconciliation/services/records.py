@@ -10,6 +10,8 @@ from django.utils import timezone
 
 from reconciliation.audit import audit_record
 from reconciliation.models import SyncRecord, SyncState, snapshot_hash
+from reconciliation.services.mismatches import mismatch_detected
+from reconciliation.sync.base import MismatchSpec
 
 
 def _state_of(record: SyncRecord) -> dict:
@@ -122,6 +124,65 @@ def record_mark_needs_review(*, record_id: int, reason: str) -> SyncRecord:
     )
 
 
+def record_mark_waiting(*, record_id: int, reason: str, delay: timedelta) -> SyncRecord:
+    """A dependency is not synced yet: back to pending after `delay`. The attempt the claim
+    counted is given back, so waiting never brings a record closer to `failed`."""
+
+    def wait(record: SyncRecord) -> None:
+        record.mark_retry_later(error=reason, delay=delay, now=timezone.now())
+        record.attempts = max(0, record.attempts - 1)
+
+    return _finish(record_id, "record.waiting", wait, reason=reason)
+
+
+def record_mark_needs_review_with_mismatch(
+    *,
+    record_id: int,
+    reason: str,
+    mismatch: MismatchSpec,
+    dolibarr_kind: str = "",
+    dolibarr_id: int | None = None,
+) -> SyncRecord:
+    """Needs review, and the mismatch that says why, in one transaction: a record is never left
+    waiting for a person without the mismatch that person will look at."""
+
+    def review(record: SyncRecord) -> None:
+        record.mark_needs_review(reason=reason)
+        if dolibarr_id is not None:
+            record.dolibarr_kind, record.dolibarr_id = dolibarr_kind, dolibarr_id
+
+    with transaction.atomic():
+        record = _finish(record_id, "record.needs_review", review, reason=reason)
+        _mismatch_from_spec(record, mismatch)
+    return record
+
+
+def record_mark_failed_with_mismatch(
+    *, record_id: int, error: str, mismatch: MismatchSpec
+) -> SyncRecord:
+    """Failed (permanent error, or out of attempts) with its `sync_failed` mismatch, together."""
+    with transaction.atomic():
+        record = record_mark_failed(record_id=record_id, error=error)
+        _mismatch_from_spec(record, mismatch)
+    return record
+
+
+def _mismatch_from_spec(record: SyncRecord, spec: MismatchSpec) -> None:
+    mismatch_detected(
+        kind=spec.kind,
+        fingerprint_parts=spec.fingerprint_parts,
+        summary=spec.summary,
+        severity=spec.severity,
+        record=record,
+        amount_difference=spec.amount_difference,
+        currency=spec.currency,
+        source_snapshot=spec.source_snapshot,
+        dolibarr_snapshot=spec.dolibarr_snapshot,
+        proposed_fix=spec.proposed_fix,
+        proposed_fix_params=spec.proposed_fix_params,
+    )
+
+
 def record_mark_skipped(*, record_id: int, reason: str) -> SyncRecord:
     return _finish(
         record_id, "record.skipped", lambda r: r.mark_skipped(reason=reason), reason=reason
@@ -196,10 +257,13 @@ __all__ = [
     "SyncState",
     "record_claim",
     "record_mark_failed",
+    "record_mark_failed_with_mismatch",
     "record_mark_needs_review",
+    "record_mark_needs_review_with_mismatch",
     "record_mark_retry_later",
     "record_mark_skipped",
     "record_mark_synced",
+    "record_mark_waiting",
     "record_observe",
     "record_retry",
     "records_claim_due",

@@ -117,6 +117,9 @@ class SyncContext:
     lane: NumberedLane
     setup: DolibarrSetup
     dry_run: bool = False
+    # What one batched look-up found in Dolibarr for the records claimed together
+    # (`sync.known.KnownObjects`); None when nothing was looked up in advance.
+    known: Any = None
 
 
 Handler = Callable[["SyncRecord", SyncContext], Outcome]

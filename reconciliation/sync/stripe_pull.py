@@ -17,6 +17,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from reconciliation.connectors.stripe import StripeConnector
@@ -66,13 +67,20 @@ def stripe_stream_pull(
     trigger: str = Trigger.SCHEDULE,
     full: bool = False,
     progress: Callable[[int], None] | None = None,
+    since: datetime | None = None,
 ) -> SyncRun:
     """One run of one stream. A remote failure ends the run as failed (cursor unchanged) and is
-    re-raised so that the scheduler sees it; what was stored before the failure stays stored."""
+    re-raised so that the scheduler sees it; what was stored before the failure stays stored.
+    `since` rescans from that moment instead of the cursor (which never moves back)."""
     spec = STREAMS[stream]
     run = run_start(job=spec.job, trigger=trigger)
-    mark = int(run.cursor_before) if run.cursor_before and not full else None
-    created_gte = max(0, mark - OVERLAP_SECONDS) if mark is not None else None
+    mark = int(run.cursor_before) if run.cursor_before else None
+    if since is not None:
+        created_gte = int(since.timestamp())
+    elif mark is not None and not full:
+        created_gte = max(0, mark - OVERLAP_SECONDS)
+    else:
+        created_gte = None
     counts: Counter[str] = Counter()
     newest = mark or 0
     try:

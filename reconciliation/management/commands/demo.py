@@ -140,12 +140,18 @@ class Command(BaseCommand):
         return url
 
     def _pull_demo_data(self) -> None:
-        from reconciliation.connectors.stripe import StripeConnector
-        from reconciliation.sync.stripe_pull import stripe_pull_all
+        from reconciliation.sync.stripe_sync import stripe_sync
 
-        counts = stripe_pull_all(connector=StripeConnector.from_settings(), trigger="manual")
-        summary = ", ".join(f"{count} {stream}" for stream, count in counts.items())
+        result = stripe_sync(trigger="manual")
+        summary = ", ".join(
+            f"{counts.get('seen', 0)} {stream}" for stream, counts in result.pulled.items()
+        )
         self.stdout.write(f"  sync records: {summary}")
+        done = result.processed
+        self.stdout.write(
+            f"  written to Dolibarr: {done['synced']} synced, {done['needs_review']} to review, "
+            f"{done['skipped']} skipped, {done['failed']} failed"
+        )
 
     def _announce(self, base, password, dolibarr_url, stripe_url, log_dir) -> None:
         self.stdout.write("")

@@ -1,0 +1,485 @@
+"""The sync engine: claim due records, run their handler, record the outcome.
+
+Each worker loops: claim a small batch of due records (`records_claim_due`: row locks with
+SKIP LOCKED on PostgreSQL, so two workers never take the same record; a record left in
+progress by a dead worker comes back after its lease), look up in one call per Dolibarr object
+kind what the batch will need (`sync.known`), run each record's handler — network calls, no
+transaction — and record its outcome in one short transaction, with the Dolibarr id, and with
+its mismatch when a person must decide.
+
+Records are processed in dependency order, phase by phase: customers, then invoices, then
+what points at invoices (charges, payment intents, refunds), then fees and payouts. A record
+whose dependency is still missing says `Waiting` and comes back later without losing an
+attempt. Draft creations and reads run in parallel across workers; every numbered write goes
+through the one lane (`context.lane`).
+
+Failures: a transient error (connection, timeout, 5xx, 429, a busy lane) is retried later with
+a growing, jittered delay until `SYNC_MAX_ATTEMPTS`, then the record fails with a `sync_failed`
+mismatch; a permanent error fails it at once, with the error text. A rejected API key or a
+missing setting stops the run instead: it is not the record's fault.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import timedelta
+from itertools import chain, islice
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from reconciliation.connectors.dolibarr import DolibarrClient
+from reconciliation.errors import (
+    Ap24SyncError,
+    AuthenticationError,
+    ConfigurationError,
+    NotFoundError,
+    RemoteError,
+    TransientError,
+)
+from reconciliation.models import MismatchKind, SyncRecord, SyncState
+from reconciliation.services.records import (
+    record_mark_failed_with_mismatch,
+    record_mark_needs_review_with_mismatch,
+    record_mark_retry_later,
+    record_mark_skipped,
+    record_mark_synced,
+    record_mark_waiting,
+    records_claim_due,
+)
+from reconciliation.sync import handlers  # noqa: F401  (registers every handler)
+from reconciliation.sync.base import (
+    DolibarrSetup,
+    MismatchSpec,
+    NeedsReview,
+    Outcome,
+    Skipped,
+    SyncContext,
+    Synced,
+    Waiting,
+    handler_for,
+)
+from reconciliation.sync.known import KnownObjects, RunCache, known_objects_lookup
+from reconciliation.sync.remote import AuditedDolibarr, PlanningDolibarr
+
+logger = logging.getLogger(__name__)
+
+# Dependency order. Kinds not named here (other sources' records) run last.
+PHASES: tuple[tuple[str, ...], ...] = (
+    ("customer",),
+    ("invoice",),
+    ("charge", "payment_intent", "refund"),
+    ("balance_transaction",),
+    ("payout",),
+)
+
+# Records claimed together and looked up together: one look-up call per object kind serves
+# this many records, and a worker that dies leaves at most this many for the lease to return.
+BATCH_SIZE = 20
+
+RETRY_BASE = timedelta(minutes=1)
+RETRY_CAP = timedelta(hours=6)
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """1, 2, 4, 8 … minutes after the 1st, 2nd, 3rd … failed attempt, ±20 % so that records
+    that failed together do not come back together, capped at six hours."""
+    nominal = min(RETRY_BASE * (2 ** max(0, attempts - 1)), RETRY_CAP)
+    return nominal * random.uniform(0.8, 1.2)
+
+
+# --- building a context -------------------------------------------------------------------------
+
+
+def dolibarr_setup(*, client: DolibarrClient) -> DolibarrSetup:
+    """Facts about the Dolibarr instance, read from it (never hard-coded ids): the company
+    currency (`/setup/company`), the card payment type (`CB` in the payment-types dictionary)
+    and the bank accounts named by their refs in the settings."""
+    currency = client.company_currency()
+    try:
+        card = client.payment_type_id(code="CB")
+    except NotFoundError as exc:
+        raise ConfigurationError(
+            "Dolibarr has no active payment type with code CB (card): activate it in "
+            "Setup > Dictionaries > Payment methods"
+        ) from exc
+    accounts = {account.ref: account for account in client.bank_accounts()}
+    stripe_ref = settings.DOLIBARR_STRIPE_BANK_ACCOUNT
+    if stripe_ref not in accounts:
+        raise ConfigurationError(
+            f"Dolibarr has no bank account with ref {stripe_ref!r} "
+            "(DOLIBARR_STRIPE_BANK_ACCOUNT): create it in Dolibarr or set the variable to an "
+            "existing ref"
+        )
+    payout_ref = settings.DOLIBARR_PAYOUT_BANK_ACCOUNT
+    if payout_ref and payout_ref not in accounts:
+        raise ConfigurationError(
+            f"Dolibarr has no bank account with ref {payout_ref!r} "
+            "(DOLIBARR_PAYOUT_BANK_ACCOUNT): create it in Dolibarr or set the variable to an "
+            "existing ref"
+        )
+    return DolibarrSetup(
+        company_currency=currency,
+        multicurrency_enabled=settings.DOLIBARR_MULTICURRENCY,
+        card_payment_type_id=card,
+        stripe_bank_account_id=accounts[stripe_ref].id,
+        payout_bank_account_id=accounts[payout_ref].id if payout_ref else None,
+    )
+
+
+def build_context(
+    *,
+    dry_run: bool = False,
+    client: DolibarrClient | None = None,
+    stripe: Any = None,
+    lane: Any = None,
+) -> SyncContext:
+    """A context from the settings (or from the parts given): the Dolibarr client wrapped for
+    auditing (or, in a dry run, for planning), its setup, the shared lane, and Stripe when it is
+    configured (for tax rates and customers' tax ids)."""
+    from reconciliation.connectors.stripe import StripeConnector
+    from reconciliation.sync.lane import lane_from_settings
+
+    client = client if client is not None else DolibarrClient.from_settings()
+    setup = dolibarr_setup(client=client)
+    if lane is None:
+        lane = lane_from_settings()
+    if stripe is None and settings.STRIPE_API_KEY:
+        stripe = StripeConnector.from_settings()
+    dolibarr: Any = (
+        PlanningDolibarr(client, currency=setup.company_currency)
+        if dry_run
+        else AuditedDolibarr(client)
+    )
+    return SyncContext(dolibarr=dolibarr, stripe=stripe, lane=lane, setup=setup, dry_run=dry_run)
+
+
+# --- running --------------------------------------------------------------------------------
+
+
+class _Released:
+    """The claim got too old to trust before the handler ran: give the record back."""
+
+
+class _Run:
+    def __init__(self, *, limit: int | None, progress: Callable[[int], Any] | None) -> None:
+        self._lock = threading.Lock()
+        self._remaining = limit
+        self._progress = progress
+        self.counts: Counter[str] = Counter()
+        self.stop = threading.Event()
+        self.fatal: BaseException | None = None
+        self.cache = RunCache()
+
+    def take(self, wanted: int) -> int:
+        with self._lock:
+            if self._remaining is None:
+                return wanted
+            taken = min(wanted, self._remaining)
+            self._remaining -= taken
+            return taken
+
+    def give_back(self, count: int) -> None:
+        with self._lock:
+            if self._remaining is not None:
+                self._remaining += count
+
+    def count(self, name: str) -> None:
+        with self._lock:
+            self.counts[name] += 1
+            self.counts["processed"] += 1
+        if self._progress is not None:
+            self._progress(1)
+
+    def fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self.fatal is None:
+                self.fatal = exc
+        self.stop.set()
+
+
+def sync_due(
+    *,
+    context: SyncContext,
+    workers: int | None = None,
+    limit: int | None = None,
+    kinds: Iterable[str] | None = None,
+    progress: Callable[[int], Any] | None = None,
+    lease: timedelta | None = None,
+    max_attempts: int | None = None,
+    delay_for: Callable[[int], timedelta] = retry_delay,
+    batch_size: int = BATCH_SIZE,
+) -> Counter[str]:
+    """Process the due records (all, or of `kinds`; at most `limit`) with `workers` threads
+    (one inside a transaction or on an in-memory database) and return how many ended in each
+    outcome (`synced`, `needs_review`, `skipped`, `waiting`, `retry`, `failed`, `processed`).
+
+    In a dry run nothing is claimed or recorded and nothing remote is written: the handlers run
+    against `PlanningDolibarr`, whose `plan` and `outcomes` say what would happen."""
+    workers = workers if workers is not None else settings.SYNC_WORKERS
+    if connection.in_atomic_block or (
+        connection.vendor == "sqlite" and connection.is_in_memory_db()
+    ):
+        # Other threads' connections could not see this transaction's rows (an in-memory
+        # SQLite database is shared with table locks, not waits): work in this thread.
+        workers = 1
+    lease = lease if lease is not None else timedelta(minutes=settings.SYNC_LEASE_MINUTES)
+    max_attempts = max_attempts if max_attempts is not None else settings.SYNC_MAX_ATTEMPTS
+    run = _Run(limit=limit, progress=progress)
+    for phase in _phases(kinds):
+        if context.dry_run:
+            _plan_phase(run, context, phase, batch_size)
+        else:
+            _run_phase(
+                run,
+                context,
+                phase,
+                workers=max(1, workers),
+                lease=lease,
+                max_attempts=max_attempts,
+                delay_for=delay_for,
+                batch_size=batch_size,
+            )
+        if run.fatal is not None:
+            raise run.fatal
+        if limit is not None and run.counts["processed"] >= limit:
+            break
+    return run.counts
+
+
+def _phases(kinds: Iterable[str] | None) -> list[tuple[str, ...]]:
+    active = set(
+        SyncRecord.objects.filter(state__in=[SyncState.PENDING, SyncState.IN_PROGRESS])
+        .values_list("kind", flat=True)
+        .distinct()
+    )
+    wanted = set(kinds) & active if kinds is not None else active
+    ordered = [tuple(kind for kind in phase if kind in wanted) for phase in PHASES]
+    rest = tuple(sorted(wanted - set(chain.from_iterable(PHASES))))
+    return [phase for phase in ordered if phase] + ([rest] if rest else [])
+
+
+def _run_phase(
+    run: _Run, context: SyncContext, phase: tuple[str, ...], *, workers: int, **options: Any
+) -> None:
+    if workers == 1:
+        _work(run, context, phase, **options)
+        return
+
+    def thread_main() -> None:
+        try:
+            _work(run, context, phase, **options)
+        except BaseException as exc:
+            run.fail(exc)
+            raise
+        finally:
+            # Each thread has its own database connection; close it before the thread ends.
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ap24sync-sync") as pool:
+        futures = [pool.submit(thread_main) for _ in range(workers)]
+    for future in futures:
+        exc = future.exception()
+        if exc is not None and run.fatal is None:
+            run.fail(exc)
+
+
+def _work(
+    run: _Run,
+    context: SyncContext,
+    phase: tuple[str, ...],
+    *,
+    lease: timedelta,
+    max_attempts: int,
+    delay_for: Callable[[int], timedelta],
+    batch_size: int,
+) -> None:
+    while not run.stop.is_set():
+        wanted = run.take(batch_size)
+        if wanted == 0:
+            return
+        batch = records_claim_due(limit=wanted, lease=lease, kinds=list(phase))
+        run.give_back(wanted - len(batch))
+        if not batch:
+            return
+        batch_context = replace(context, known=_look_up(batch, context, run.cache))
+        for position, record in enumerate(batch):
+            if run.stop.is_set():
+                for left in batch[position:]:
+                    record_mark_waiting(
+                        record_id=left.pk, reason="the run stopped", delay=timedelta(0)
+                    )
+                return
+            result = _attempt(record, batch_context, lease)
+            run.count(_settle(record, result, run, max_attempts, delay_for))
+
+
+def _look_up(batch: list[SyncRecord], context: SyncContext, cache: RunCache) -> KnownObjects:
+    """The batch's look-ups; when they fail, none is trusted and each handler looks up alone."""
+    try:
+        return known_objects_lookup(records=batch, dolibarr=context.dolibarr, run=cache)
+    except RemoteError as exc:
+        logger.warning("batched look-up failed (%s); records look themselves up", exc)
+        return KnownObjects(run=cache)
+
+
+def _attempt(record: SyncRecord, context: SyncContext, lease: timedelta) -> Any:
+    function = handler_for(record.source, record.kind)
+    if function is None:
+        return Skipped(f"no handler syncs {record.source} {record.kind} records")
+    if timezone.now() - record.last_attempt_at > lease / 2:
+        # The batch took so long that the lease may run out while this record is worked on:
+        # another worker could then take it too. Hand it back instead.
+        return _Released()
+    try:
+        return function(record, context)
+    except Exception as exc:  # every failure is recorded on its record
+        return exc
+
+
+def _settle(
+    record: SyncRecord,
+    result: Any,
+    run: _Run,
+    max_attempts: int,
+    delay_for: Callable[[int], timedelta],
+) -> str:
+    """Record one outcome in one transaction; returns the name it is counted under."""
+    if isinstance(result, Synced):
+        record_mark_synced(
+            record_id=record.pk,
+            dolibarr_kind=result.dolibarr_kind,
+            dolibarr_id=result.dolibarr_id,
+            dolibarr_ref=result.dolibarr_ref,
+        )
+        return "synced"
+    if isinstance(result, NeedsReview):
+        record_mark_needs_review_with_mismatch(
+            record_id=record.pk,
+            reason=result.reason,
+            mismatch=result.mismatch,
+            dolibarr_kind=result.dolibarr_kind,
+            dolibarr_id=result.dolibarr_id,
+        )
+        return "needs_review"
+    if isinstance(result, Skipped):
+        record_mark_skipped(record_id=record.pk, reason=result.reason)
+        return "skipped"
+    if isinstance(result, Waiting):
+        record_mark_waiting(record_id=record.pk, reason=result.reason, delay=result.delay)
+        return "waiting"
+    if isinstance(result, _Released):
+        record_mark_waiting(
+            record_id=record.pk, reason="claim too old to work on safely", delay=timedelta(0)
+        )
+        return "waiting"
+    if isinstance(result, AuthenticationError | ConfigurationError):
+        # Not this record's fault: give it back untouched and stop the run.
+        record_mark_waiting(record_id=record.pk, reason=str(result), delay=delay_for(1))
+        run.fail(result)
+        return "waiting"
+    if isinstance(result, TransientError):
+        if record.attempts < max_attempts:
+            delay = delay_for(record.attempts)
+            if result.retry_after:
+                delay = max(delay, timedelta(seconds=result.retry_after))
+            record_mark_retry_later(record_id=record.pk, error=str(result), delay=delay)
+            return "retry"
+        error = f"gave up after {record.attempts} attempts: {result}"
+    elif isinstance(result, Ap24SyncError):
+        error = str(result)
+    else:
+        logger.exception("handler of %s failed", record, exc_info=result)
+        error = f"internal error: {type(result).__name__}: {result}"
+    record_mark_failed_with_mismatch(
+        record_id=record.pk, error=error, mismatch=_sync_failed(record, error)
+    )
+    return "failed"
+
+
+def _sync_failed(record: SyncRecord, error: str) -> MismatchSpec:
+    return MismatchSpec(
+        kind=MismatchKind.SYNC_FAILED,
+        fingerprint_parts=(record.source, record.kind, record.external_id),
+        summary=f"{record.source} {record.kind} {record.external_id} failed: {error}",
+        severity="critical",
+        source_snapshot=record.snapshot,
+        proposed_fix="retry",
+        proposed_fix_params={"record": record.pk},
+    )
+
+
+# --- dry run -----------------------------------------------------------------------------------
+
+
+def _chunks(items: Iterator[SyncRecord], size: int) -> Iterator[list[SyncRecord]]:
+    while batch := list(islice(items, size)):
+        yield batch
+
+
+def _plan_phase(run: _Run, context: SyncContext, phase: tuple[str, ...], batch_size: int) -> None:
+    """One thread, nothing claimed or recorded: each due record's handler runs against the
+    planner, and what it would become is kept for the records after it (`planned_outcomes`)."""
+    planner = context.dolibarr
+    if not isinstance(planner, PlanningDolibarr):
+        raise TypeError("a dry run needs a PlanningDolibarr context (build_context(dry_run=True))")
+    due = SyncRecord.objects.due().filter(kind__in=phase).order_by("id").iterator(chunk_size=200)
+    for batch in _chunks(due, batch_size):
+        for record in batch:
+            record.attempts += 1  # as a claim would
+        batch_context = replace(context, known=_look_up(batch, context, run.cache))
+        for record in batch:
+            wanted = run.take(1)
+            if wanted == 0:
+                return
+            planner.current_record = f"{record.kind} {record.external_id}"
+            function = handler_for(record.source, record.kind)
+            try:
+                result = (
+                    function(record, batch_context)
+                    if function is not None
+                    else Skipped(f"no handler syncs {record.source} {record.kind} records")
+                )
+            except (AuthenticationError, ConfigurationError) as exc:
+                run.fail(exc)
+                return
+            except Exception as exc:  # shown in the plan
+                result = exc
+            planner.planned_outcomes[(record.source, record.kind, record.external_id)] = result
+            planner.outcomes.append((planner.current_record, result))
+            run.count(_outcome_name(result))
+
+
+def _outcome_name(result: Any) -> str:
+    if isinstance(result, Synced):
+        return "synced"
+    if isinstance(result, NeedsReview):
+        return "needs_review"
+    if isinstance(result, Skipped):
+        return "skipped"
+    if isinstance(result, Waiting):
+        return "waiting"
+    if isinstance(result, TransientError):
+        return "retry"
+    return "failed"
+
+
+def describe_outcome(result: Outcome | BaseException) -> str:
+    """One line for a plan or a log."""
+    if isinstance(result, Synced):
+        return f"synced -> Dolibarr {result.dolibarr_kind} {result.dolibarr_id}"
+    if isinstance(result, NeedsReview):
+        return f"flagged {result.mismatch.kind}: {result.reason}"
+    if isinstance(result, Skipped):
+        return f"skipped: {result.reason}"
+    if isinstance(result, Waiting):
+        return f"waiting: {result.reason}"
+    return f"error: {result}"

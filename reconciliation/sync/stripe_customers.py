@@ -1,0 +1,193 @@
+"""Stripe customers -> Dolibarr thirdparties, linked to their Stripe customer.
+
+Identity (DESIGN §3): a customer that belongs to an Aipress24 organisation or user
+(`metadata.ap24_org_id` / `ap24_user_id`) is the thirdparty `ap24-org-<id>` / `ap24-user-<id>`,
+the same one the Aipress24 sync writes; a Stripe-only customer is the thirdparty `cus_…`.
+Either way the thirdparty is also linked to the Stripe customer through
+`/thirdparties/{id}/accounts/stripe`, the link Dolibarr's own Stripe module reads.
+
+A thirdparty created with an automatic code (`code_client "-1"`) takes a number, and parallel
+creations fail on the code's unique key (README, "Concurrency"): creation runs in the numbered
+lane. The look-up that guards it runs in the lane too whenever another record may create the
+same thirdparty (an organisation's identity is shared by all its Stripe customers) or an
+earlier attempt may have created it; otherwise the batched look-up made right after the claim
+is enough (`sync.known`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from reconciliation.connectors.dolibarr_types import Thirdparty
+from reconciliation.models import MismatchKind, SyncRecord
+from reconciliation.sync.base import (
+    MismatchSpec,
+    NeedsReview,
+    Outcome,
+    Skipped,
+    SyncContext,
+    Synced,
+    handler,
+)
+from reconciliation.sync.known import Wanted, find_thirdparties, wants
+
+DOLIBARR_KIND = "thirdparty"
+
+# Aipress24 ids go into a sqlfilters value and a ref_ext: anything else is not an id.
+_AP24_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+# Stripe tax id types that are VAT numbers (Dolibarr's `tva_intra`).
+_VAT_TYPES = ("eu_vat", "gb_vat", "ch_vat", "no_vat")
+
+
+def thirdparty_ref_ext(customer: dict[str, Any]) -> str:
+    metadata = customer.get("metadata") or {}
+    for key, prefix in (("ap24_org_id", "ap24-org"), ("ap24_user_id", "ap24-user")):
+        value = str(metadata.get(key) or "")
+        if value and _AP24_ID.match(value):
+            return f"{prefix}-{value}"
+    return customer["id"]
+
+
+@wants("stripe", "customer")
+def _customer_wants(record: SyncRecord) -> Wanted:
+    return Wanted(thirdparties={thirdparty_ref_ext(record.snapshot)})
+
+
+def _vat_number(customer: dict[str, Any], context: SyncContext) -> str | None:
+    """The first VAT number among the customer's tax ids: from the snapshot when they were
+    expanded, else read from Stripe (the customers list does not include them)."""
+    tax_ids = customer.get("tax_ids")
+    if tax_ids is None and context.stripe is not None:
+        tax_ids = context.stripe.customer(customer["id"], with_tax_ids=True).get("tax_ids")
+    items = tax_ids.get("data") if isinstance(tax_ids, dict) else tax_ids
+    for item in items or ():
+        if isinstance(item, dict) and item.get("type") in _VAT_TYPES and item.get("value"):
+            return str(item["value"])
+    return None
+
+
+def thirdparty_fields(customer: dict[str, Any]) -> dict[str, str | None]:
+    address = customer.get("address") or {}
+    street = "\n".join(part for part in (address.get("line1"), address.get("line2")) if part)
+    return {
+        "name": customer.get("name") or customer.get("email") or customer["id"],
+        "email": customer.get("email") or None,
+        "address": street or None,
+        "zip": address.get("postal_code") or None,
+        "town": address.get("city") or None,
+        "country_code": address.get("country") or None,
+    }
+
+
+@handler("stripe", "customer")
+def stripe_customer_sync(record: SyncRecord, context: SyncContext) -> Outcome:
+    customer = record.snapshot
+    if customer.get("deleted"):
+        return Skipped("deleted in Stripe: its thirdparty, if any, is kept")
+    customer_id = customer["id"]
+    ref_ext = thirdparty_ref_ext(customer)
+    shared = ref_ext != customer_id
+    dolibarr = context.dolibarr
+
+    candidates: list[Thirdparty] | None = None
+    if not shared and record.attempts <= 1:
+        candidates = find_thirdparties(context, record, ref_ext)
+    created_id: int | None = None
+    if not candidates:
+        with context.lane.hold():
+            if candidates is None:
+                candidates = dolibarr.find_thirdparties(ref_ext=ref_ext)
+            if not candidates:
+                fields = thirdparty_fields(customer)
+                created_id = dolibarr.create_thirdparty(
+                    **fields,
+                    ref_ext=ref_ext,
+                    phone=customer.get("phone") or None,
+                    tva_intra=_vat_number(customer, context),
+                    note_private=f"Stripe customer {customer_id}",
+                    client=1,
+                    code_client="-1",
+                )
+    if created_id is None and len(candidates) > 1:
+        ids = [thirdparty.id for thirdparty in candidates]
+        return NeedsReview(
+            reason=f"{len(ids)} thirdparties carry ref_ext {ref_ext}",
+            mismatch=MismatchSpec(
+                kind=MismatchKind.DUPLICATE_IN_DOLIBARR,
+                fingerprint_parts=("stripe", "customer", customer_id),
+                summary=f"{len(ids)} Dolibarr thirdparties carry ref_ext {ref_ext} "
+                f"(ids {', '.join(map(str, ids))})",
+                source_snapshot=customer,
+                dolibarr_snapshot={"thirdparty_ids": ids},
+                proposed_fix="merge_thirdparties",
+                proposed_fix_params={"keep": ids[0], "merge": ids[1:]},
+            ),
+        )
+
+    if created_id is not None:
+        thirdparty_id = created_id
+        link = None
+    else:
+        thirdparty = candidates[0]
+        thirdparty_id = thirdparty.id
+        _update_thirdparty(thirdparty, customer, context, last_write_wins=not shared)
+        link = dolibarr.stripe_link(thirdparty_id=thirdparty_id)
+    if link is not None and link.customer_id != customer_id:
+        return NeedsReview(
+            reason=f"thirdparty {thirdparty_id} is linked to Stripe customer {link.customer_id}",
+            mismatch=MismatchSpec(
+                kind=MismatchKind.CUSTOMER_CONFLICT,
+                fingerprint_parts=("stripe", "customer", customer_id, "link"),
+                summary=f"Thirdparty {thirdparty_id} ({ref_ext}) is already linked to Stripe "
+                f"customer {link.customer_id}; {customer_id} belongs to it too, and a thirdparty "
+                "holds one Stripe link",
+                source_snapshot=customer,
+                dolibarr_snapshot={"thirdparty_id": thirdparty_id, "linked": link.customer_id},
+                proposed_fix="replace_stripe_link",
+                proposed_fix_params={
+                    "thirdparty_id": thirdparty_id,
+                    "customer_id": customer_id,
+                    "current_customer_id": link.customer_id,
+                },
+            ),
+            dolibarr_kind=DOLIBARR_KIND,
+            dolibarr_id=thirdparty_id,
+        )
+    if link is None:
+        dolibarr.link_stripe_customer(
+            thirdparty_id=thirdparty_id,
+            customer_id=customer_id,
+            live=bool(customer.get("livemode")),
+            known_unlinked=True,
+        )
+    return Synced(DOLIBARR_KIND, thirdparty_id)
+
+
+def _update_thirdparty(
+    thirdparty: Thirdparty, customer: dict[str, Any], context: SyncContext, *, last_write_wins
+) -> None:
+    """Bring an adopted thirdparty up to date. A Stripe-only thirdparty (ours) takes Stripe's
+    values (last write wins); an Aipress24 one belongs to the Aipress24 sync, so Stripe only
+    fills what is empty there."""
+    wanted = thirdparty_fields(customer)
+    current = {
+        "name": thirdparty.name,
+        "email": thirdparty.email,
+        "address": thirdparty.address,
+        "zip": thirdparty.zip,
+        "town": thirdparty.town,
+        "country_code": thirdparty.country_code,
+    }
+    changes = {
+        key: value
+        for key, value in wanted.items()
+        if value and value != current[key] and (last_write_wins or not current[key])
+    }
+    if not thirdparty.tva_intra or last_write_wins:
+        vat = _vat_number(customer, context)
+        if vat and vat != thirdparty.tva_intra:
+            changes["tva_intra"] = vat
+    if changes:
+        context.dolibarr.update_thirdparty(thirdparty_id=thirdparty.id, changes=changes)
