@@ -80,10 +80,14 @@ def _queued_pull_is_run_by_the_cluster(env) -> int:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with sqlite3.connect(database) as db:
+                finished = db.execute(
+                    "SELECT count(*) FROM reconciliation_syncrun "
+                    "WHERE job = 'stripe_customers' AND state != 'running'"
+                ).fetchone()[0]
                 (count,) = db.execute(
                     "SELECT count(*) FROM reconciliation_syncrecord WHERE kind = 'customer'"
                 ).fetchone()
-            if count:
+            if finished:
                 return count
             time.sleep(0.3)
         return 0

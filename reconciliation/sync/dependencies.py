@@ -13,6 +13,8 @@ from reconciliation.sync.base import Outcome, SyncContext, Synced, Waiting
 # a person has to settle first (needs review, failed, skipped): no point asking every minute.
 WAIT_FOR_PENDING = timedelta(minutes=1)
 WAIT_FOR_PERSON = timedelta(hours=1)
+# A dependency in progress is being written right now by another worker: ask again soon.
+WAIT_FOR_IN_PROGRESS = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,10 @@ class Dependency:
     def waiting(self, what: str) -> Waiting:
         if self.state is None:
             return Waiting(f"{what} has no sync record yet", delay=WAIT_FOR_PENDING)
-        if self.state in (SyncState.PENDING, SyncState.IN_PROGRESS):
-            return Waiting(f"{what} is not synced yet ({self.state})", delay=WAIT_FOR_PENDING)
+        if self.state == SyncState.IN_PROGRESS:
+            return Waiting(f"{what} is not synced yet (in progress)", delay=WAIT_FOR_IN_PROGRESS)
+        if self.state == SyncState.PENDING:
+            return Waiting(f"{what} is not synced yet (pending)", delay=WAIT_FOR_PENDING)
         return Waiting(f"{what} is {self.state}: it must be settled first", delay=WAIT_FOR_PERSON)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -84,6 +85,9 @@ PHASES: tuple[tuple[str, ...], ...] = (
 # Records claimed together and looked up together: one look-up call per object kind serves
 # this many records, and a worker that dies leaves at most this many for the lease to return.
 BATCH_SIZE = 20
+# How long a worker waits, at the end of a phase, for other processes' records of that phase.
+PHASE_BARRIER_MAX_WAIT = timedelta(seconds=60)
+PHASE_BARRIER_POLL_SECONDS = 0.2
 
 RETRY_BASE = timedelta(minutes=1)
 RETRY_CAP = timedelta(hours=6)
@@ -248,11 +252,28 @@ def sync_due(
                 delay_for=delay_for,
                 batch_size=batch_size,
             )
+            _await_other_workers(phase, lease)
         if run.fatal is not None:
             raise run.fatal
         if limit is not None and run.counts["processed"] >= limit:
             break
     return run.counts
+
+
+def _await_other_workers(phase: tuple[str, ...], lease: timedelta) -> None:
+    """Workers in other processes may still hold records of this phase, and the next phase
+    depends on them (an invoice needs its customer): wait, briefly, until they are settled,
+    rather than let the dependants wait a whole retry delay."""
+    deadline = time.monotonic() + min(lease, PHASE_BARRIER_MAX_WAIT).total_seconds()
+    while time.monotonic() < deadline:
+        held = SyncRecord.objects.filter(
+            kind__in=phase,
+            state=SyncState.IN_PROGRESS,
+            last_attempt_at__gte=timezone.now() - lease,
+        )
+        if not held.exists():
+            return
+        time.sleep(PHASE_BARRIER_POLL_SECONDS)
 
 
 def _phases(kinds: Iterable[str] | None) -> list[tuple[str, ...]]:

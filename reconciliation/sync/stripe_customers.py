@@ -96,16 +96,20 @@ def stripe_customer_sync(record: SyncRecord, context: SyncContext) -> Outcome:
         candidates = find_thirdparties(context, record, ref_ext)
     created_id: int | None = None
     if not candidates:
+        # Everything that may call Stripe happens before the lane: the lane holds up every
+        # worker's validations and payments while it is held.
+        fields = {
+            **thirdparty_fields(customer),
+            "phone": customer.get("phone") or None,
+            "tva_intra": _vat_number(customer, context),
+        }
         with context.lane.hold():
             if candidates is None:
                 candidates = dolibarr.find_thirdparties(ref_ext=ref_ext)
             if not candidates:
-                fields = thirdparty_fields(customer)
                 created_id = dolibarr.create_thirdparty(
                     **fields,
                     ref_ext=ref_ext,
-                    phone=customer.get("phone") or None,
-                    tva_intra=_vat_number(customer, context),
                     note_private=f"Stripe customer {customer_id}",
                     client=1,
                     code_client="-1",

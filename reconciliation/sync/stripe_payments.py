@@ -101,7 +101,13 @@ def _payment_of_invoice(
             f"{invoice_id}, whose payment this is"
         )
     hits = known_payments(context, record, reference)
+    from_batch = hits is not None
     if hits is None:
+        hits = context.dolibarr.find_payments(ref_ext=reference)
+    invoice = dependency(context, source=Source.STRIPE, kind="invoice", external_id=invoice_id)
+    if not hits and from_batch and invoice.synced:
+        # The payment is written by the invoice's record, not this one: the batched look-up
+        # may predate it (another worker paid the invoice since). Ask again before waiting.
         hits = context.dolibarr.find_payments(ref_ext=reference)
     if len(hits) > 1:
         return duplicates(
@@ -114,7 +120,6 @@ def _payment_of_invoice(
         )
     if hits:
         return Synced(DOLIBARR_KIND, hits[0].id, hits[0].ref or "")
-    invoice = dependency(context, source=Source.STRIPE, kind="invoice", external_id=invoice_id)
     if invoice.synced:
         # The invoice is synced without this payment: Stripe's invoice snapshot does not list
         # it as paid yet; the invoice's next snapshot will.
