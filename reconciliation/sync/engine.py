@@ -8,10 +8,13 @@ transaction — and record its outcome in one short transaction, with the Doliba
 its mismatch when a person must decide.
 
 Records are processed in dependency order, phase by phase: customers, then invoices, then
-what points at invoices (charges, payment intents, refunds), then fees and payouts. A record
-whose dependency is still missing says `Waiting` and comes back later without losing an
-attempt. Draft creations and reads run in parallel across workers; every numbered write goes
-through the one lane (`context.lane`).
+what points at invoices (charges, payment intents, refunds), then payouts. Kinds that depend on
+no other record and take no lane (fee lines: `INDEPENDENT_KINDS`) do not wait for their turn:
+a share of the workers (`side_workers`) works on them from the start, alongside the phases
+that hold the lane, and the rest join them once those phases are done; the phases after them
+(payouts) start once they are settled. A record whose dependency is still missing says
+`Waiting` and comes back later without losing an attempt. Draft creations and reads run in
+parallel across workers; every numbered write goes through the one lane (`context.lane`).
 
 Failures: a transient error (connection, timeout, 5xx, 429, a busy lane) is retried later with
 a growing, jittered delay until `SYNC_MAX_ATTEMPTS`, then the record fails with a `sync_failed`
@@ -46,7 +49,7 @@ from reconciliation.errors import (
     RemoteError,
     TransientError,
 )
-from reconciliation.models import MismatchKind, SyncRecord, SyncState
+from reconciliation.models import MismatchKind, Source, SyncRecord, SyncState
 from reconciliation.services.records import (
     record_mark_failed_with_mismatch,
     record_mark_needs_review_with_mismatch,
@@ -69,7 +72,8 @@ from reconciliation.sync.base import (
     handler_for,
 )
 from reconciliation.sync.known import KnownObjects, RunCache, known_objects_lookup
-from reconciliation.sync.remote import AuditedDolibarr, PlanningDolibarr
+from reconciliation.sync.remote import AuditAfterHold, AuditedDolibarr, PlanningDolibarr
+from reconciliation.sync.stripe_payouts import fee_line_wanted, fee_lines_lookup
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +85,9 @@ PHASES: tuple[tuple[str, ...], ...] = (
     ("balance_transaction",),
     ("payout",),
 )
+# Kinds that need no other record synced first and write nothing numbered: they run alongside
+# the phases before theirs (a fee line needs neither its charge nor the lane).
+INDEPENDENT_KINDS = frozenset({"balance_transaction"})
 
 # Records claimed together and looked up together: one look-up call per object kind serves
 # this many records, and a worker that dies leaves at most this many for the lease to return.
@@ -158,11 +165,12 @@ def build_context(
         lane = lane_from_settings()
     if stripe is None and settings.STRIPE_API_KEY:
         stripe = StripeConnector.from_settings()
-    dolibarr: Any = (
-        PlanningDolibarr(client, currency=setup.company_currency)
-        if dry_run
-        else AuditedDolibarr(client)
-    )
+    dolibarr: Any
+    if dry_run:
+        dolibarr = PlanningDolibarr(client, currency=setup.company_currency)
+    else:
+        dolibarr = AuditedDolibarr(client)
+        lane = AuditAfterHold(lane, dolibarr)
     return SyncContext(dolibarr=dolibarr, stripe=stripe, lane=lane, setup=setup, dry_run=dry_run)
 
 
@@ -238,26 +246,90 @@ def sync_due(
     lease = lease if lease is not None else timedelta(minutes=settings.SYNC_LEASE_MINUTES)
     max_attempts = max_attempts if max_attempts is not None else settings.SYNC_MAX_ATTEMPTS
     run = _Run(limit=limit, progress=progress)
-    for phase in _phases(kinds):
-        if context.dry_run:
-            _plan_phase(run, context, phase, batch_size)
-        else:
-            _run_phase(
-                run,
-                context,
-                phase,
-                workers=max(1, workers),
-                lease=lease,
-                max_attempts=max_attempts,
-                delay_for=delay_for,
-                batch_size=batch_size,
-            )
-            _await_other_workers(phase, lease)
-        if run.fatal is not None:
-            raise run.fatal
-        if limit is not None and run.counts["processed"] >= limit:
-            break
+    options: dict[str, Any] = {
+        "lease": lease,
+        "max_attempts": max_attempts,
+        "delay_for": delay_for,
+        "batch_size": batch_size,
+    }
+    phases = _phases(kinds)
+    side: _SidePhase | None = None
+    try:
+        for index, phase in enumerate(phases):
+            if context.dry_run:
+                _plan_phase(run, context, phase, batch_size)
+            elif side is not None and phase == side.phase:
+                # The phases it ran alongside are done: the other workers join it.
+                _run_phase(run, context, phase, workers=max(1, workers - side.workers), **options)
+                side.join()
+                side = None
+                _await_other_workers(phase, lease)
+            else:
+                if side is None and workers > 1:
+                    side = _SidePhase.start(run, context, phases[index + 1 :], workers, options)
+                main_workers = workers - side.workers if side is not None else workers
+                _run_phase(run, context, phase, workers=max(1, main_workers), **options)
+                _await_other_workers(phase, lease)
+            if run.fatal is not None:
+                break
+            if limit is not None and run.counts["processed"] >= limit:
+                break
+    finally:
+        if side is not None:
+            if run.fatal is None and not (limit is not None and run.counts["processed"] >= limit):
+                # Leaving early for any other reason (an exception here): stop the side workers.
+                run.stop.set()
+            side.join()
+    if run.fatal is not None:
+        raise run.fatal
     return run.counts
+
+
+def side_workers(workers: int) -> int:
+    """Of `workers` threads, how many work on the independent kinds while the phases before
+    them run: one in four (at least one). The phases that hold the lane keep the others: two or
+    three threads already keep the lane busy, and more would only queue for it."""
+    return max(1, workers // 4)
+
+
+class _SidePhase:
+    """Worker threads on the independent kinds of a later phase, started while earlier phases
+    run."""
+
+    def __init__(self, phase: tuple[str, ...], workers: int, threads: list[threading.Thread]):
+        self.phase = phase
+        self.workers = workers
+        self._threads = threads
+
+    @classmethod
+    def start(
+        cls,
+        run: _Run,
+        context: SyncContext,
+        later: list[tuple[str, ...]],
+        workers: int,
+        options: dict[str, Any],
+    ) -> _SidePhase | None:
+        phase = next((p for p in later if set(p) <= INDEPENDENT_KINDS), None)
+        if phase is None:
+            return None
+        count = side_workers(workers)
+        threads = [
+            threading.Thread(
+                target=_thread_main,
+                args=(run, context, phase, options),
+                name=f"ap24sync-sync-side-{number}",
+                daemon=True,
+            )
+            for number in range(count)
+        ]
+        for thread in threads:
+            thread.start()
+        return cls(phase, count, threads)
+
+    def join(self) -> None:
+        for thread in self._threads:
+            thread.join()
 
 
 def _await_other_workers(phase: tuple[str, ...], lease: timedelta) -> None:
@@ -294,23 +366,24 @@ def _run_phase(
     if workers == 1:
         _work(run, context, phase, **options)
         return
-
-    def thread_main() -> None:
-        try:
-            _work(run, context, phase, **options)
-        except BaseException as exc:
-            run.fail(exc)
-            raise
-        finally:
-            # Each thread has its own database connection; close it before the thread ends.
-            connection.close()
-
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ap24sync-sync") as pool:
-        futures = [pool.submit(thread_main) for _ in range(workers)]
+        futures = [pool.submit(_thread_main, run, context, phase, options) for _ in range(workers)]
     for future in futures:
         exc = future.exception()
         if exc is not None and run.fatal is None:
             run.fail(exc)
+
+
+def _thread_main(
+    run: _Run, context: SyncContext, phase: tuple[str, ...], options: dict[str, Any]
+) -> None:
+    try:
+        _work(run, context, phase, **options)
+    except BaseException as exc:  # recorded on the run, raised by `sync_due`
+        run.fail(exc)
+    finally:
+        # Each thread has its own database connection; close it before the thread ends.
+        connection.close()
 
 
 def _work(
@@ -346,7 +419,27 @@ def _work(
 def _look_up(batch: list[SyncRecord], context: SyncContext, cache: RunCache) -> KnownObjects:
     """The batch's look-ups; when they fail, none is trusted and each handler looks up alone."""
     try:
-        return known_objects_lookup(records=batch, dolibarr=context.dolibarr, run=cache)
+        known = known_objects_lookup(records=batch, dolibarr=context.dolibarr, run=cache)
+        fee_txn_ids = [
+            txn_id
+            for record in batch
+            if record.source == Source.STRIPE
+            and record.kind == "balance_transaction"
+            and record.attempts <= 1
+            and (txn_id := fee_line_wanted(record)) is not None
+        ]
+        if fee_txn_ids:
+            # Fee lines of first attempts only: after an uncertain attempt the handler looks
+            # its line up again itself.
+            known = replace(
+                known,
+                fee_lines=fee_lines_lookup(
+                    dolibarr=context.dolibarr,
+                    bank_account_id=context.setup.stripe_bank_account_id,
+                    txn_ids=fee_txn_ids,
+                ),
+            )
+        return known
     except RemoteError as exc:
         logger.warning("batched look-up failed (%s); records look themselves up", exc)
         return KnownObjects(run=cache)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from reconciliation.models import Source, SyncRecord
 
 if TYPE_CHECKING:
-    from reconciliation.connectors.dolibarr_types import Invoice, Payment, Thirdparty
+    from reconciliation.connectors.dolibarr_types import BankLine, Invoice, Payment, Thirdparty
     from reconciliation.sync.base import SyncContext
 
 
@@ -47,13 +47,20 @@ class Wanted:
 
 WantsFunction = Callable[[SyncRecord], Wanted]
 _WANTS: dict[tuple[str, str], WantsFunction] = {}
+# Kinds that only point at a payment another record writes: the payments this run already saw
+# or wrote (`RunCache.noted_payment`) are not looked up again for them.
+_POINTERS: set[tuple[str, str]] = set()
 
 
-def wants(source: str, kind: str) -> Callable[[WantsFunction], WantsFunction]:
+def wants(
+    source: str, kind: str, *, points_at_payments: bool = False
+) -> Callable[[WantsFunction], WantsFunction]:
     """Register what a record kind looks up: `@wants("stripe", "invoice")`."""
 
     def register(function: WantsFunction) -> WantsFunction:
         _WANTS[(source, kind)] = function
+        if points_at_payments:
+            _POINTERS.add((source, kind))
         return function
 
     return register
@@ -67,12 +74,29 @@ class RunCache:
     # A payment intent missing from the index is looked for again when the index is older
     # than this (an invoice may have been pulled since).
     INDEX_MAX_AGE_SECONDS = 60.0
+    # Payments noted per run at most (about 100 bytes each): past it, pointers look up again.
+    MAX_NOTED_PAYMENTS = 100_000
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._tax_rates: dict[str, Decimal] | None = None
         self._invoice_by_payment_intent: dict[str, str] | None = None
         self._index_built_at = 0.0
+        self._payments: dict[str, tuple[int, str]] = {}
+
+    def note_payment(self, ref_ext: str, payment_id: int, ref: str = "") -> None:
+        """A payment this run wrote, or found as the only one with its `ref_ext`: the charge
+        and payment intent that point at it need not ask Dolibarr again. Only a payment
+        that exists is noted (a positive fact never makes anything be written twice)."""
+        with self._lock:
+            if len(self._payments) < self.MAX_NOTED_PAYMENTS:
+                self._payments[ref_ext] = (payment_id, ref)
+
+    def noted_payment(self, ref_ext: str) -> tuple[int, str] | None:
+        """(id, ref) of a payment noted by this run; the ref is empty when the run created it
+        (Dolibarr answers a new payment with its id only)."""
+        with self._lock:
+            return self._payments.get(ref_ext)
 
     def tax_rates(self, stripe: Any) -> dict[str, Decimal]:
         """`txr_…` -> percentage, from one Stripe list call per run (empty without Stripe)."""
@@ -148,6 +172,9 @@ class KnownObjects:
     invoices: dict[str, list[Invoice]] = field(default_factory=dict)
     payments: dict[str, list[Payment]] = field(default_factory=dict)
     run: RunCache = field(default_factory=RunCache)
+    # Lines of the Stripe bank account by `num_chq` (the `txn_…` of a fee line):
+    # `stripe_payouts.fee_lines_lookup`, read by the fee handler on a first attempt only.
+    fee_lines: dict[str, list[BankLine]] = field(default_factory=dict)
 
 
 def known_objects_lookup(
@@ -156,9 +183,19 @@ def known_objects_lookup(
     """One look-up per Dolibarr object kind for every first-attempt record of the batch."""
     wanted = Wanted()
     for record in records:
-        function = _WANTS.get((record.source, record.kind))
+        key = (record.source, record.kind)
+        function = _WANTS.get(key)
         if function is not None and record.attempts <= 1:
-            wanted.merge(function(record))
+            asked = function(record)
+            if key in _POINTERS:
+                # Not asked: what this run already knows, and what no Stripe invoice paid
+                # (the pointer is skipped before it would look).
+                asked.payments = {
+                    ref
+                    for ref in asked.payments
+                    if not run.noted_payment(ref) and run.invoice_of_payment_intent(ref)
+                }
+            wanted.merge(asked)
     return KnownObjects(
         thirdparties=(
             dolibarr.find_thirdparties_by_ref_exts(ref_exts=sorted(wanted.thirdparties))

@@ -2,7 +2,10 @@
 
 - `AuditedDolibarr`: reads pass through; every write leaves an audit event once it returned
   (DESIGN §1, "Everything explained": every automatic write is audited), and also when its
-  outcome is unknown (a lost answer may hide an applied write, so the trail says so).
+  outcome is unknown (a lost answer may hide an applied write, so the trail says so). Inside
+  the numbered lane (`AuditAfterHold`) the events are kept until the hold ends and written
+  right after the lane is released, whatever the hold ended with: the lane is held for the
+  Dolibarr calls only, not for the database.
 - `PlanningDolibarr` (`--dry-run`): reads pass through to the real Dolibarr, writes are recorded
   as a plan and answered with placeholders (negative ids), so the handlers run unchanged and
   nothing remote is written.
@@ -11,7 +14,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import date, datetime
 from decimal import Decimal
@@ -117,10 +121,33 @@ class AuditedDolibarr:
 
     def __init__(self, client: Any) -> None:
         self._client = client
+        self._local = threading.local()
 
     @property
     def client(self) -> Any:
         return self._client
+
+    @contextmanager
+    def audits_deferred(self) -> Iterator[None]:
+        """Keep this thread's audit events until the block ends, then write them in order —
+        also when the block raises. Nested blocks write at the end of the outermost one."""
+        if getattr(self._local, "pending", None) is not None:
+            yield
+            return
+        self._local.pending = []
+        try:
+            yield
+        finally:
+            pending, self._local.pending = self._local.pending, None
+            for event in pending:
+                audit_record(**event)
+
+    def _audit(self, **event: Any) -> None:
+        pending = getattr(self._local, "pending", None)
+        if pending is not None:
+            pending.append(event)
+        else:
+            audit_record(**event)
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._client, name)
@@ -134,7 +161,7 @@ class AuditedDolibarr:
                 result = attribute(**kwargs)
             except TransientError as exc:
                 if exc.outcome_unknown:
-                    audit_record(
+                    self._audit(
                         action=f"dolibarr.{spec.action}.outcome_unknown",
                         target=_target(spec, kwargs, None),
                         after=sent,
@@ -144,12 +171,32 @@ class AuditedDolibarr:
             after = dict(sent)
             if isinstance(result, ActionResult):
                 after["changed"] = result.changed
-            audit_record(
+            self._audit(
                 action=f"dolibarr.{spec.action}", target=_target(spec, kwargs, result), after=after
             )
             return result
 
         return audited_write
+
+
+class AuditAfterHold:
+    """The numbered lane, with the audit events of the writes made while it is held written
+    just after it is released (`AuditedDolibarr.audits_deferred`): the next worker's numbered
+    write does not wait for this one's database inserts. The look-ups and writes themselves
+    stay inside the hold."""
+
+    def __init__(self, lane: Any, dolibarr: AuditedDolibarr) -> None:
+        self._lane = lane
+        self._dolibarr = dolibarr
+
+    @property
+    def lane(self) -> Any:
+        return self._lane
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        with self._dolibarr.audits_deferred(), self._lane.hold():
+            yield
 
 
 def _target(spec: WriteSpec, kwargs: Mapping[str, Any], result: Any) -> tuple[str, str]:

@@ -236,6 +236,7 @@ def _validate_and_pay(
     ref = "" if current.is_draft else (current.ref or "")
     missing: list[PaymentDue] = []
     unknown: list[PaymentDue] = []
+    noted: list[tuple[str, int, str]] = []  # payments that exist: (ref_ext, id, ref)
     for payment in payments:
         hits = known_payments(context, record, payment.ref_ext)
         if hits is None:
@@ -244,7 +245,10 @@ def _validate_and_pay(
             return _duplicate_payment(invoice, payment, hits), ref
         elif not hits:
             missing.append(payment)
+        else:
+            noted.append((payment.ref_ext, hits[0].id, hits[0].ref or ""))
     if not (current.is_draft or missing or unknown):
+        _note_payments(context, noted)
         return None, ref
     dolibarr = context.dolibarr
     with context.lane.hold():
@@ -258,8 +262,10 @@ def _validate_and_pay(
                 return _duplicate_payment(invoice, payment, hits), ref
             if not hits:
                 missing.append(payment)
+            else:
+                noted.append((payment.ref_ext, hits[0].id, hits[0].ref or ""))
         for payment in missing:
-            dolibarr.create_payment(
+            payment_id = dolibarr.create_payment(
                 amounts={current.id: payment.amount},
                 date=payment.date,
                 payment_type_id=context.setup.card_payment_type_id,
@@ -269,7 +275,21 @@ def _validate_and_pay(
                 comment=f"Stripe {payment.ref_ext} for invoice {invoice.get('number') or ''}",
                 currency=currency,
             )
+            noted.append((payment.ref_ext, payment_id, ""))
+    _note_payments(context, noted)
     return None, ref
+
+
+def _note_payments(context: SyncContext, noted: list[tuple[str, int, str]]) -> None:
+    """Tell the run which payments exist, so that the charges and payment intents that point
+    at them need no look-up (`RunCache.note_payment`). Not in a dry run: a planned payment's
+    id is a placeholder."""
+    if context.dry_run:
+        return
+    cache = run_cache(context)
+    for ref_ext, payment_id, ref in noted:
+        if isinstance(payment_id, int) and payment_id > 0:
+            cache.note_payment(ref_ext, payment_id, ref)
 
 
 def _duplicate_payment(invoice: dict[str, Any], payment: PaymentDue, hits: list) -> NeedsReview:

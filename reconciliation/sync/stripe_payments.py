@@ -45,7 +45,7 @@ def _reference(kind: str, payment: dict[str, Any]) -> str:
     return payment["id"]
 
 
-@wants("stripe", "charge")
+@wants("stripe", "charge", points_at_payments=True)
 def _charge_wants(record: SyncRecord) -> Wanted:
     charge = record.snapshot
     if charge.get("status") != "succeeded" or charge.get("disputed"):
@@ -53,7 +53,7 @@ def _charge_wants(record: SyncRecord) -> Wanted:
     return Wanted(payments={_reference("charge", charge)})
 
 
-@wants("stripe", "payment_intent")
+@wants("stripe", "payment_intent", points_at_payments=True)
 def _payment_intent_wants(record: SyncRecord) -> Wanted:
     if record.snapshot.get("status") != "succeeded":
         return Wanted()
@@ -100,6 +100,10 @@ def _payment_of_invoice(
             f"in {currency.upper()}, not {company}: the currency mismatch is on invoice "
             f"{invoice_id}, whose payment this is"
         )
+    noted = run_cache(context).noted_payment(reference)
+    if noted is not None:
+        # Its invoice's record wrote or found it earlier in this run.
+        return Synced(DOLIBARR_KIND, noted[0], noted[1])
     hits = known_payments(context, record, reference)
     from_batch = hits is not None
     if hits is None:
