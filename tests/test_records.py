@@ -131,3 +131,28 @@ def test_a_record_held_past_its_lease_is_claimed_again():
     (again,) = records_claim_due(lease=timedelta(minutes=15))
     assert (again.pk, again.attempts) == (record.pk, 2)
     assert AuditEvent.objects.filter(action="record.lease_expired").count() == 1
+
+
+def test_a_record_that_syncs_after_review_closes_its_mismatch(django_user_model):
+    from reconciliation.models import Mismatch, MismatchState
+    from reconciliation.services.records import record_mark_needs_review_with_mismatch
+    from reconciliation.sync.base import MismatchSpec
+
+    operator = django_user_model.objects.create_user("olga")
+    record = _observe()
+    record_claim(record_id=record.pk)
+    record_mark_needs_review_with_mismatch(
+        record_id=record.pk,
+        reason="customer unknown",
+        mismatch=MismatchSpec(
+            kind="missing_in_dolibarr", fingerprint_parts=("in_1",), summary="customer unknown"
+        ),
+    )
+    record_retry(record=SyncRecord.objects.get(pk=record.pk), actor=operator)
+    record_claim(record_id=record.pk)
+    record_mark_synced(record_id=record.pk, dolibarr_kind="invoice", dolibarr_id=9)
+    mismatch = Mismatch.objects.get(record=record)
+    assert mismatch.state == MismatchState.RESOLVED
+    assert AuditEvent.objects.filter(
+        action="mismatch.closed_automatically", target_id=str(mismatch.pk)
+    ).exists()

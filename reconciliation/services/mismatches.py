@@ -157,3 +157,25 @@ def mismatches_close_gone(*, kind: str, still_present: set[str]) -> int:
             )
             closed += 1
     return closed
+
+
+def mismatches_close_for_record(*, record_id: int, note: str) -> int:
+    """Close the open (or approved) mismatches of a record whose difference is gone because the
+    record synced. Returns how many were closed."""
+    closed = 0
+    with transaction.atomic():
+        for mismatch in Mismatch.objects.select_for_update().filter(
+            record_id=record_id, state__in=[MismatchState.OPEN, MismatchState.APPROVED]
+        ):
+            before = _state_of(mismatch)
+            mismatch.resolve(by=None, now=timezone.now(), note=note)
+            mismatch.save()
+            audit_record(
+                action="mismatch.closed_automatically",
+                target=mismatch,
+                before=before,
+                after=_state_of(mismatch),
+                reason=note,
+            )
+            closed += 1
+    return closed

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from reconciliation.audit import audit_record
 from reconciliation.models import SyncRecord, SyncState, snapshot_hash
-from reconciliation.services.mismatches import mismatch_detected
+from reconciliation.services.mismatches import mismatch_detected, mismatches_close_for_record
 from reconciliation.sync.base import MismatchSpec
 
 
@@ -89,17 +89,23 @@ def _finish(record_id: int, action: str, apply, reason: str = "") -> SyncRecord:
 def record_mark_synced(
     *, record_id: int, dolibarr_kind: str, dolibarr_id: int, dolibarr_ref: str = ""
 ) -> SyncRecord:
-    """The Dolibarr id is saved in the same transaction as the state change."""
-    return _finish(
-        record_id,
-        "record.synced",
-        lambda r: r.mark_synced(
-            dolibarr_kind=dolibarr_kind,
-            dolibarr_id=dolibarr_id,
-            dolibarr_ref=dolibarr_ref,
-            now=timezone.now(),
-        ),
-    )
+    """The Dolibarr id is saved in the same transaction as the state change; the record's open
+    mismatches (a review, a failure) are closed with it, since what they reported is settled."""
+    with transaction.atomic():
+        record = _finish(
+            record_id,
+            "record.synced",
+            lambda r: r.mark_synced(
+                dolibarr_kind=dolibarr_kind,
+                dolibarr_id=dolibarr_id,
+                dolibarr_ref=dolibarr_ref,
+                now=timezone.now(),
+            ),
+        )
+        mismatches_close_for_record(
+            record_id=record_id, note=f"{record} synced to Dolibarr {dolibarr_kind} {dolibarr_id}"
+        )
+    return record
 
 
 def record_mark_retry_later(*, record_id: int, error: str, delay: timedelta) -> SyncRecord:
