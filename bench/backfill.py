@@ -36,8 +36,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import requests
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -291,19 +289,9 @@ def main() -> int:
 
 
 def _create_payout_account(dolibarr_url: str) -> None:
-    response = requests.post(
-        f"{dolibarr_url}/bankaccounts",
-        json={
-            "ref": "MAIN",
-            "label": "Banque principale",
-            "type": 1,
-            "currency_code": "EUR",
-            "country_id": 1,
-        },
-        headers={"DOLAPIKEY": DOLIBARR_KEY},
-        timeout=10,
-    )
-    response.raise_for_status()
+    from reconciliation.sandbox.seed import dolibarr_bank_account_create
+
+    dolibarr_bank_account_create(api_url=dolibarr_url, api_key=DOLIBARR_KEY)
 
 
 def run_benchmark(options: argparse.Namespace, scratch: str) -> int:

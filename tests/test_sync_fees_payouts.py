@@ -17,13 +17,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import requests
 
 from reconciliation.connectors.sqlfilters import equals
 from reconciliation.connectors.stripe import StripeConnector
 from reconciliation.errors import TransientError
 from reconciliation.models import MismatchKind, Source, SyncRecord, SyncState
 from reconciliation.money import minor_to_decimal
+from reconciliation.sandbox.seed import dolibarr_bank_account_create
 from reconciliation.sandbox.stripe import StripeSandbox
 from reconciliation.services.records import record_observe
 from reconciliation.sync.base import (
@@ -67,20 +67,7 @@ class ThreadLane:
 
 def create_payout_account(sandbox, api_key: str) -> int:
     """The client has no create-bank-account method (ap24sync never creates accounts)."""
-    response = requests.post(
-        f"{sandbox.api_url}/bankaccounts",
-        json={
-            "ref": "MAIN",
-            "label": "Banque principale",
-            "type": 1,
-            "currency_code": "EUR",
-            "country_id": 1,
-        },
-        headers={"DOLAPIKEY": api_key},
-        timeout=5,
-    )
-    response.raise_for_status()
-    return int(response.json())
+    return dolibarr_bank_account_create(api_url=sandbox.api_url, api_key=api_key)
 
 
 @pytest.fixture

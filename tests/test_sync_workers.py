@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from reconciliation.sandbox.dolibarr import DolibarrSandbox
+from reconciliation.sandbox.seed import dolibarr_bank_account_create
 from reconciliation.sandbox.stripe import StripeSandbox
 from reconciliation.sandbox.stripe_data import generate
 
@@ -117,19 +117,7 @@ def racing_dolibarr() -> Iterator[DolibarrSandbox]:
     sandbox = DolibarrSandbox(api_key=DOLIBARR_KEY, numbering_window_ms=10)
     sandbox.start()
     try:
-        response = requests.post(
-            f"{sandbox.api_url}/bankaccounts",
-            json={
-                "ref": "MAIN",
-                "label": "Banque principale",
-                "type": 1,
-                "currency_code": "EUR",
-                "country_id": 1,
-            },
-            headers={"DOLAPIKEY": DOLIBARR_KEY},
-            timeout=5,
-        )
-        response.raise_for_status()
+        dolibarr_bank_account_create(api_url=sandbox.api_url, api_key=DOLIBARR_KEY)
         yield sandbox
     finally:
         sandbox.stop()
