@@ -20,6 +20,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from reconciliation.demo import DemoError, Supervisor, free_port, port_is_free
 from reconciliation.errors import Ap24SyncError
+from reconciliation.sandbox.seed import PAYOUT_ACCOUNT_REF, dolibarr_bank_account_create
 
 DEMO_USERNAME = "finance"
 
@@ -83,9 +84,12 @@ class Command(BaseCommand):
                     webhook_secret,
                 ],
             )
+            # The account Stripe payouts go to: a finance team creates it in Dolibarr.
+            dolibarr_bank_account_create(api_url=dolibarr_url, api_key=dolibarr_key)
             remote_env = {
                 "DOLIBARR_URL": dolibarr_url,
                 "DOLIBARR_API_KEY": dolibarr_key,
+                "DOLIBARR_PAYOUT_BANK_ACCOUNT": PAYOUT_ACCOUNT_REF,
                 "STRIPE_API_BASE": stripe_url,
                 "STRIPE_API_KEY": stripe_key,
                 "STRIPE_WEBHOOK_SECRET": webhook_secret,
