@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -145,6 +146,7 @@ LINE_COLUMNS: dict[str, Any] = {
     "fk_bordereau": lambda row: 0,
     "emetteur": lambda row: row.emetteur,
 }
+LINE_INDEXED = {"num_chq": "num_chq"}
 
 
 def list_lines(api: DolibarrSandbox, request: Request) -> list[dict[str, Any]]:
@@ -162,10 +164,15 @@ def list_lines(api: DolibarrSandbox, request: Request) -> list[dict[str, Any]]:
     query.sortfield, query.sortorder, query.limit, query.page = "rowid", "ASC", 0, 0
     query.pagination = False
     with api.store.lock:
-        _account(api.store, account_id)
-        candidates = [row for row in api.store.bank_lines.values() if row.fk_account == account_id]
-        page, _ = query.select(candidates)
-        return [views.bank_line(api.store, row) for row in page]
+        account = _account(api.store, account_id)
+        page, _ = query.select_from(
+            api.store.bank_lines, LINE_INDEXED, lambda row: row.fk_account == account_id
+        )
+        # views.bank_line_of reads only scalar fields of the line and its account: copies of
+        # them are rendered after the lock is released.
+        snapshot = [replace(row) for row in page]
+        account = replace(account)
+    return [views.bank_line_of(row, account) for row in snapshot]
 
 
 def add_line(api: DolibarrSandbox, request: Request) -> int:

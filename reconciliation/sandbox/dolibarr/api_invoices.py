@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +129,8 @@ def _invoice_columns() -> dict[str, Any]:
 
 
 INVOICE_COLUMNS = _invoice_columns()
+# Columns answered from the store's index (column -> the Invoice attribute its getter returns).
+INVOICE_INDEXED = {"ref_ext": "ref_ext"}
 
 # -- invoices ----------------------------------------------------------------------------------
 
@@ -146,12 +148,13 @@ def list_invoices(api: DolibarrSandbox, request: Request) -> Any:
     status = STATUS_FILTER.get(request.query.get("status", ""))
     with_lines = request.query.get("withLines", "true").lower() not in {"0", "false", "no"}
     with api.store.lock:
-        candidates = [
-            row
-            for row in api.store.invoices.values()
-            if (wanted is None or row.socid in wanted) and (status is None or row.statut == status)
-        ]
-        page, total = query.select(candidates)
+        page, total = query.select_from(
+            api.store.invoices,
+            INVOICE_INDEXED,
+            lambda row: (
+                (wanted is None or row.socid in wanted) and (status is None or row.statut == status)
+            ),
+        )
         rendered = []
         for row in page:
             shown = views.invoice(api.store, row, "list")
@@ -596,6 +599,7 @@ PAYMENT_COLUMNS: dict[str, Any] = {
     "fk_bank": lambda row: row.bank_line_id,
     "statut": lambda row: 0,
 }
+PAYMENT_INDEXED = {"ref_ext": "ref_ext", "num_paiement": "num_payment"}
 
 
 def list_payments(api: DolibarrSandbox, request: Request) -> list[dict[str, Any]]:
@@ -608,8 +612,11 @@ def list_payments(api: DolibarrSandbox, request: Request) -> list[dict[str, Any]
     )
     query.pagination = False
     with api.store.lock:
-        page, _ = query.select(api.store.payments.values())
-        return [select_properties(views.payment(row), query.properties) for row in page]
+        page, _ = query.select_from(api.store.payments, PAYMENT_INDEXED)
+        # views.payment reads only the row's own scalar fields: copies of them are rendered
+        # after the lock is released, so other requests need not wait for the templates.
+        snapshot = [replace(row) for row in page]
+    return [select_properties(views.payment(row), query.properties) for row in snapshot]
 
 
 def get_payment(api: DolibarrSandbox, request: Request) -> dict[str, Any]:

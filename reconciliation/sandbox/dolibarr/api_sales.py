@@ -177,6 +177,8 @@ ORDER_COLUMNS: dict[str, Any] = {
     "fk_mode_reglement": lambda row: row.mode_reglement_id,
     "fk_cond_reglement": lambda row: row.cond_reglement_id,
 }
+# Columns answered from the store's index (column -> the row attribute of its getter).
+ORDER_INDEXED = {"ref_ext": "ref_ext"}
 
 
 def _order(store: Store, order_id: int) -> Order:
@@ -259,10 +261,9 @@ def list_orders(api: DolibarrSandbox, request: Request) -> Any:
     )
     wanted = _id_list(request.query.get("thirdparty_ids"))
     with api.store.lock:
-        candidates = [
-            row for row in api.store.orders.values() if wanted is None or row.socid in wanted
-        ]
-        page, total = query.select(candidates)
+        page, total = query.select_from(
+            api.store.orders, ORDER_INDEXED, None if wanted is None else lambda r: r.socid in wanted
+        )
         rendered = [
             select_properties(views.order(api.store, row, "list"), query.properties) for row in page
         ]
@@ -341,6 +342,7 @@ SHIPMENT_COLUMNS: dict[str, Any] = {
     "date_delivery": lambda row: row.date_delivery,
     "billed": lambda row: 0,
 }
+SHIPMENT_INDEXED = {"ref_ext": "ref_ext"}
 
 
 def _shipment(store: Store, shipment_id: int) -> Shipment:
@@ -409,10 +411,11 @@ def list_shipments(api: DolibarrSandbox, request: Request) -> Any:
     )
     wanted = _id_list(request.query.get("thirdparty_ids"))
     with api.store.lock:
-        candidates = [
-            row for row in api.store.shipments.values() if wanted is None or row.socid in wanted
-        ]
-        page, total = query.select(candidates)
+        page, total = query.select_from(
+            api.store.shipments,
+            SHIPMENT_INDEXED,
+            None if wanted is None else lambda r: r.socid in wanted,
+        )
         rendered = [
             select_properties(views.shipment(api.store, row, "get"), query.properties)
             for row in page

@@ -133,6 +133,8 @@ def _columns() -> dict[str, Any]:
 
 
 COLUMNS = _columns()
+# Columns answered from the store's index (column -> the Thirdparty attribute of its getter).
+INDEXED = {"ref_ext": "ref_ext", "email": "email"}
 
 # -- routes -------------------------------------------------------------------------------------
 
@@ -147,8 +149,9 @@ def list_thirdparties(api: DolibarrSandbox, request: Request) -> Any:
     )
     mode = request.query.get("mode", "")
     with api.store.lock:
-        candidates = [row for row in api.store.thirdparties.values() if _in_mode(row, mode)]
-        page, total = query.select(candidates)
+        page, total = query.select_from(
+            api.store.thirdparties, INDEXED, None if not mode else lambda row: _in_mode(row, mode)
+        )
         rendered = [
             select_properties(views.thirdparty(api.store, row, "list"), query.properties)
             for row in page
@@ -178,11 +181,15 @@ def get_thirdparty(api: DolibarrSandbox, request: Request) -> dict[str, Any]:
 
 def get_by_email(api: DolibarrSandbox, request: Request) -> dict[str, Any]:
     """One match: the thirdparty; none: 404 (24); two or more: 200 with an all-null object (27)."""
-    wanted = collate(request.params["email"])
+    email = request.params["email"]
+    wanted = collate(email)
     with api.store.lock:
-        matches = [
-            row for row in api.store.thirdparties.values() if collate(row.email or "") == wanted
-        ]
+        # The index holds no entry for NULL, which this route compares as "": scan for "".
+        matches = api.store.thirdparties.lookup("email", [email]) if wanted else None
+        if matches is None:
+            matches = [
+                row for row in api.store.thirdparties.values() if collate(row.email or "") == wanted
+            ]
         if not matches:
             raise not_found()
         if len(matches) > 1:

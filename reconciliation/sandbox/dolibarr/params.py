@@ -12,6 +12,7 @@ from typing import Any
 from reconciliation.sandbox.base import Request
 from reconciliation.sandbox.dolibarr import sqlfilters
 from reconciliation.sandbox.dolibarr.errors import ApiError, expecting_integer, required
+from reconciliation.sandbox.dolibarr.store import Table
 
 
 def body(request: Request) -> dict[str, Any]:
@@ -123,7 +124,7 @@ class ListQuery:
         self.pagination = query_bool(request, "pagination_data")
         self.properties = request.query.get("properties")
         try:
-            self.predicate = sqlfilters.compile_filter(
+            self.predicate, self.lookup = sqlfilters.plan(
                 request.query.get("sqlfilters"), columns, alias=alias
             )
         except sqlfilters.FilterSyntaxError as exc:
@@ -150,6 +151,28 @@ class ListQuery:
             matching = [row for row in rows if self.predicate(row)]
         except sqlfilters.UnknownColumn as exc:
             raise self.unknown_column(exc.column) from exc
+        return self._page(matching)
+
+    def select_from(
+        self,
+        table: Table[Any],
+        indexed: Mapping[str, str],
+        where: Callable[[Any], bool] | None = None,
+    ) -> tuple[list[Any], int]:
+        """`select` over the rows of `table` that pass `where` (the route's own filters).
+        A filter of the `sqlfilters.Lookup` shape on a column of `indexed` (column name ->
+        row attribute that its getter returns) is answered from the table's index instead of
+        running the predicate on every row: the same rows, in the same order."""
+        lookup = self.lookup
+        found = None
+        if lookup is not None and lookup.column in indexed:
+            found = table.lookup(indexed[lookup.column], list(lookup.values))
+        if found is None:
+            rows = table.values() if where is None else (r for r in table.values() if where(r))
+            return self.select(rows)
+        return self._page(found if where is None else [row for row in found if where(row)])
+
+    def _page(self, matching: list[Any]) -> tuple[list[Any], int]:
         sort_key = self._sort_key()
         matching.sort(key=sort_key, reverse=self.sortorder == "DESC")
         total = len(matching)

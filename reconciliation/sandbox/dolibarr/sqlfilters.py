@@ -207,16 +207,57 @@ def table_columns(names: str) -> dict[str, Getter]:
     return dict.fromkeys(names.split(), lambda row: None)
 
 
+@dataclass(frozen=True)
+class Lookup:
+    """A filter that is one `=` criterion, or an `or` of them, all on the same column with a
+    quoted value: a row matches when its `column` equals one of `values` (text comparison in
+    the collation), so an equality index of that column can answer it."""
+
+    column: str
+    values: tuple[str, ...]
+
+
 def compile_filter(
     text: str | None, columns: Mapping[str, Getter], *, alias: str | None = "t"
 ) -> Predicate:
     """A row predicate for `text`. `columns` maps the table's real column names to getters;
     `alias` is the table alias of the server's query (`t`, or None for queries without one,
     like the bank lines list, where `t.label` is an unknown column: 119)."""
+    return plan(text, columns, alias=alias)[0]
+
+
+def plan(
+    text: str | None, columns: Mapping[str, Getter], *, alias: str | None = "t"
+) -> tuple[Predicate, Lookup | None]:
+    """The predicate of `compile_filter` and, when the filter has the shape of a `Lookup`, that
+    lookup (the column by its real, lower-case name). Errors are those of `compile_filter`."""
     if not text or not text.strip():
-        return lambda row: True
+        return (lambda row: True), None
     tree = parse(text)
-    return _compile(tree, columns, alias)
+    return _compile(tree, columns, alias), _lookup(tree, columns, alias)
+
+
+def _lookup(tree: Any, columns: Mapping[str, Getter], alias: str | None) -> Lookup | None:
+    criteria: list[Criterion] = []
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, BoolOp):
+            if node.op != "or":
+                return None
+            pending += [node.right, node.left]
+            continue
+        if (
+            node.operator != "="
+            or not isinstance(node.operand, Literal)
+            or not isinstance(node.operand.value, str)
+        ):
+            return None
+        criteria.append(node)
+    names = {_column_name(criterion.field, columns, alias) for criterion in criteria}
+    if len(names) != 1:
+        return None
+    return Lookup(names.pop(), tuple(criterion.operand.value for criterion in criteria))
 
 
 def _compile(node: Any, columns: Mapping[str, Getter], alias: str | None) -> Predicate:
@@ -234,14 +275,18 @@ def _compile(node: Any, columns: Mapping[str, Getter], alias: str | None) -> Pre
 
 
 def _column(name: str, columns: Mapping[str, Getter], alias: str | None) -> Getter:
+    return columns[_column_name(name, columns, alias)]
+
+
+def _column_name(name: str, columns: Mapping[str, Getter], alias: str | None) -> str:
     if "." in name:
         prefix, column = name.split(".", 1)
         if alias is None or prefix.lower() != alias or column.lower() not in columns:
             raise UnknownColumn(name)
-        return columns[column.lower()]
+        return column.lower()
     if name.lower() not in columns:
         raise UnknownColumn(name)
-    return columns[name.lower()]
+    return name.lower()
 
 
 def _compare(operator: str, left: Any, right: Any) -> bool:
@@ -279,19 +324,19 @@ def _equal(left: Any, right: Any) -> bool:
 def _order(left: Any, right: Any) -> int:
     """MySQL comparison: numbers against numbers (a string meeting a number is read as one),
     otherwise text in the case- and accent-insensitive collation."""
-    if _is_number(left) or _is_number(right):
+    if is_number(left) or is_number(right):
         a, b = _number(left), _number(right)
     else:
         a, b = collate(_text(left)), collate(_text(right))
     return (a > b) - (a < b)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, int | Decimal) and not isinstance(value, bool)
 
 
 def _number(value: Any) -> Decimal:
-    if _is_number(value):
+    if is_number(value):
         return Decimal(value)
     match = re.match(r"\s*[+-]?\d+(\.\d+)?", str(value))
     if not match:

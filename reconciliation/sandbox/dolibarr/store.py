@@ -4,6 +4,12 @@ One lock guards everything. The only code that runs outside it on purpose is the
 reading the next document number and inserting it (`numbering_pause`), which reproduces the
 read-then-insert of Dolibarr's PHP numbering modules and therefore its recorded races
 (README "Concurrency", exchanges 174-192).
+
+The tables that the sync searches by an external key (`ref_ext`, `email`, `num_payment`,
+`num_chq`) are `Table`s: dicts that also keep an equality index of those columns, under the
+comparison key of `sqlfilters` (`utf8mb4_unicode_ci`: case and accents ignored). The index
+follows inserts, deletes and every later assignment of an indexed attribute of a stored row
+(`Tracked.__setattr__`), so the list routes can answer `(t.ref_ext:=:'a') or …` from it.
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from reconciliation.sandbox.dolibarr import dictionaries
+from reconciliation.sandbox.dolibarr.sqlfilters import collate, is_number
 from reconciliation.sandbox.dolibarr.templates import midnight, round_cents, yymm
 
 ZERO = Decimal(0)
@@ -25,11 +32,147 @@ def now() -> int:
     return int(time.time())
 
 
+# -- indexed tables --------------------------------------------------------------------------
+
+
+class Tracked:
+    """A row whose indexed attributes its `Table` keeps in step: assigning one (a PUT's
+    `setattr`, a handler's `row.ref_ext = …`) re-files the row under the new value."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        table = self.__dict__.get("_table")
+        if table is None or name not in table.indexes:
+            object.__setattr__(self, name, value)
+            return
+        table._unfile(self, name)
+        object.__setattr__(self, name, value)
+        table._file(self, name)
+
+
+def index_key(value: Any) -> str | None:
+    """The key under which `sqlfilters` compares a text column with a quoted literal: None for
+    NULL (never equal) and for numbers (compared as numbers, so not indexable by text)."""
+    if value is None or is_number(value):
+        return None
+    return collate(str(value))
+
+
+class ColumnIndex:
+    """collate(value) -> ids for one attribute; `numeric` holds the ids of rows whose value is a
+    number, which `sqlfilters` compares numerically (the index then declines to answer)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, set[int]] = {}
+        self.numeric: set[int] = set()
+
+
+R = TypeVar("R", bound=Tracked)
+
+
+class Table(dict[int, R], Generic[R]):
+    """Rows by id, plus an equality index of `indexed` attributes and the insertion position of
+    each id (the order in which the dict, hence a full scan, yields the rows)."""
+
+    def __init__(self, *indexed: str) -> None:
+        super().__init__()
+        self.indexes = {name: ColumnIndex() for name in indexed}
+        self._position: dict[int, int] = {}
+        self._inserted = 0
+
+    def _file(self, row: R, name: str) -> None:
+        value = getattr(row, name)
+        index = self.indexes[name]
+        if value is not None and is_number(value):
+            index.numeric.add(row.id)
+            return
+        key = index_key(value)
+        if key is not None:
+            index.keys.setdefault(key, set()).add(row.id)
+
+    def _unfile(self, row: R, name: str) -> None:
+        index = self.indexes[name]
+        index.numeric.discard(row.id)
+        key = index_key(getattr(row, name, None))
+        ids = index.keys.get(key) if key is not None else None
+        if ids is not None:
+            ids.discard(row.id)
+            if not ids:
+                del index.keys[key]
+
+    def _attach(self, key: int, row: R) -> None:
+        if key not in self._position:
+            self._inserted += 1
+            self._position[key] = self._inserted
+        object.__setattr__(row, "_table", self)
+        for name in self.indexes:
+            self._file(row, name)
+
+    def _detach(self, key: int, row: R) -> None:
+        for name in self.indexes:
+            self._unfile(row, name)
+        object.__setattr__(row, "_table", None)
+        self._position.pop(key, None)
+
+    def __setitem__(self, key: int, row: R) -> None:
+        if key in self:
+            previous = dict.__getitem__(self, key)
+            for name in self.indexes:
+                self._unfile(previous, name)
+            object.__setattr__(previous, "_table", None)
+        super().__setitem__(key, row)
+        self._attach(key, row)
+
+    def __delitem__(self, key: int) -> None:
+        row = dict.__getitem__(self, key)
+        super().__delitem__(key)
+        self._detach(key, row)
+
+    _MISSING: Any = object()
+
+    def pop(self, key: int, default: Any = _MISSING) -> Any:
+        if key not in self:
+            if default is Table._MISSING:
+                raise KeyError(key)
+            return default
+        row = dict.__getitem__(self, key)
+        del self[key]
+        return row
+
+    def popitem(self) -> tuple[int, R]:
+        key = next(reversed(self.keys()))
+        return key, self.pop(key)
+
+    def setdefault(self, key: int, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return dict.__getitem__(self, key)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, row in dict(*args, **kwargs).items():
+            self[key] = row
+
+    def clear(self) -> None:
+        for key in list(self.keys()):
+            del self[key]
+
+    def lookup(self, name: str, values: list[str]) -> list[R] | None:
+        """The rows whose `name` equals one of `values` (quoted `sqlfilters` literals) in the
+        collation, in insertion order; None when `name` is not indexed or holds numbers."""
+        index = self.indexes.get(name)
+        if index is None or index.numeric:
+            return None
+        ids: set[int] = set()
+        for value in values:
+            ids.update(index.keys.get(collate(value), ()))
+        position = self._position
+        return [dict.__getitem__(self, key) for key in sorted(ids, key=position.__getitem__)]
+
+
 # -- rows ----------------------------------------------------------------------------------
 
 
 @dataclass
-class Thirdparty:
+class Thirdparty(Tracked):
     id: int
     name: str
     date_creation: int
@@ -115,7 +258,7 @@ class Line:
 
 
 @dataclass
-class Order:
+class Order(Tracked):
     id: int
     socid: int
     date: int
@@ -139,7 +282,7 @@ class Order:
 
 
 @dataclass
-class Invoice:
+class Invoice(Tracked):
     id: int
     socid: int
     type: int
@@ -174,7 +317,7 @@ class Invoice:
 
 
 @dataclass
-class Payment:
+class Payment(Tracked):
     id: int
     ref: str
     datepaye: int
@@ -214,7 +357,7 @@ class BankLink:
 
 
 @dataclass
-class BankLine:
+class BankLine(Tracked):
     id: int
     fk_account: int
     datec: int
@@ -237,7 +380,7 @@ class ShipmentLine:
 
 
 @dataclass
-class Shipment:
+class Shipment(Tracked):
     id: int
     socid: int
     origin_id: int
@@ -354,15 +497,15 @@ class Store:
         self.clear()
 
     def clear(self) -> None:
-        self.thirdparties: dict[int, Thirdparty] = {}
+        self.thirdparties: Table[Thirdparty] = Table("ref_ext", "email")
         self.accounts: dict[int, SocieteAccount] = {}
         self.products: dict[int, Product] = {}
-        self.orders: dict[int, Order] = {}
-        self.invoices: dict[int, Invoice] = {}
-        self.payments: dict[int, Payment] = {}
+        self.orders: Table[Order] = Table("ref_ext")
+        self.invoices: Table[Invoice] = Table("ref_ext")
+        self.payments: Table[Payment] = Table("ref_ext", "num_payment")
         self.bank_accounts: dict[int, BankAccount] = {}
-        self.bank_lines: dict[int, BankLine] = {}
-        self.shipments: dict[int, Shipment] = {}
+        self.bank_lines: Table[BankLine] = Table("num_chq")
+        self.shipments: Table[Shipment] = Table("ref_ext")
         self.links: dict[int, ElementLink] = {}
         self.files: dict[str, StoredFile] = {}
         self.numbering = Numbering()

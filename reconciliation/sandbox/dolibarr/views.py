@@ -696,7 +696,11 @@ def bank_account(store: Store, row: BankAccount) -> dict[str, Any]:
 
 def bank_line(store: Store, row: BankLine) -> dict[str, Any]:
     """A bank line (128): id and amount strings, dates as timestamps, rappro a number."""
-    account = store.bank_accounts.get(row.fk_account)
+    return bank_line_of(row, store.bank_accounts.get(row.fk_account))
+
+
+def bank_line_of(row: BankLine, account: BankAccount | None) -> dict[str, Any]:
+    """`bank_line` from the line and its account alone (no store: callable without the lock)."""
     return render(
         "bankline",
         {
