@@ -90,6 +90,23 @@ def duplicates(
     )
 
 
+def single_document(
+    found: list[Invoice], *, kind: str, what: str, snapshot: dict[str, Any]
+) -> Invoice | NeedsReview | None:
+    """The one Dolibarr document carrying the source object's id as `ref_ext`, None when there
+    is none, or a review when there are several (Dolibarr does not deduplicate: 46, 47)."""
+    if len(found) > 1:
+        return duplicates(
+            kind=kind,
+            object_id=snapshot["id"],
+            ref_ext=snapshot["id"],
+            what=what,
+            ids=[item.id for item in found],
+            snapshot=snapshot,
+        )
+    return found[0] if found else None
+
+
 def total_differs(
     *,
     kind: str,

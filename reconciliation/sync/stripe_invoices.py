@@ -53,6 +53,7 @@ from reconciliation.sync.known import (
 from reconciliation.sync.stripe_common import (
     currency_problem,
     duplicates,
+    single_document,
     stripe_amount,
     stripe_datetime,
     total_differs,
@@ -150,19 +151,12 @@ def stripe_invoice_sync(record: SyncRecord, context: SyncContext) -> Outcome:
 
     currency = currency_code(invoice["currency"])
     expected = stripe_totals(invoice).ttc
-    found = find_invoices(context, record, invoice_id)
-    if len(found) > 1:
-        return duplicates(
-            kind="invoice",
-            object_id=invoice_id,
-            ref_ext=invoice_id,
-            what="invoice",
-            ids=[item.id for item in found],
-            snapshot=invoice,
-        )
-    if found:
-        current = found[0]
-    else:
+    current = single_document(
+        find_invoices(context, record, invoice_id), kind="invoice", what="invoice", snapshot=invoice
+    )
+    if isinstance(current, NeedsReview):
+        return current
+    if current is None:
         created = _create_draft(invoice, customer.dolibarr_id, context)
         if isinstance(created, Skipped):
             return created
@@ -331,19 +325,13 @@ def _paid_without_payments(
 
 def _void(record: SyncRecord, invoice: dict[str, Any], context: SyncContext) -> Outcome:
     invoice_id = invoice["id"]
-    found = find_invoices(context, record, invoice_id)
-    if not found:
+    current = single_document(
+        find_invoices(context, record, invoice_id), kind="invoice", what="invoice", snapshot=invoice
+    )
+    if current is None:
         return Skipped("voided in Stripe before it reached Dolibarr: nothing was billed")
-    if len(found) > 1:
-        return duplicates(
-            kind="invoice",
-            object_id=invoice_id,
-            ref_ext=invoice_id,
-            what="invoice",
-            ids=[item.id for item in found],
-            snapshot=invoice,
-        )
-    current = found[0]
+    if isinstance(current, NeedsReview):
+        return current
     if current.status == InvoiceStatus.CLOSED and current.close_code == "abandon":
         return Synced(DOLIBARR_KIND, current.id, current.ref or "")
     if current.is_draft or current.paid or current.status != InvoiceStatus.VALIDATED:

@@ -38,6 +38,7 @@ from reconciliation.sync.known import Wanted, find_invoices, known_payments, run
 from reconciliation.sync.stripe_common import (
     currency_problem,
     duplicates,
+    single_document,
     stripe_amount,
     stripe_datetime,
     total_differs,
@@ -92,19 +93,15 @@ def stripe_refund_sync(record: SyncRecord, context: SyncContext) -> Outcome:
 
     currency = currency_code(refund["currency"])
     amount = stripe_amount(refund["amount"], currency)
-    found = find_invoices(context, record, refund_id)
-    if len(found) > 1:
-        return duplicates(
-            kind="refund",
-            object_id=refund_id,
-            ref_ext=refund_id,
-            what="credit_note",
-            ids=[item.id for item in found],
-            snapshot=refund,
-        )
-    if found:
-        current = found[0]
-    else:
+    current = single_document(
+        find_invoices(context, record, refund_id),
+        kind="refund",
+        what="credit_note",
+        snapshot=refund,
+    )
+    if isinstance(current, NeedsReview):
+        return current
+    if current is None:
         encoding = _encoding(refund, invoice, context)
         if encoding is None:
             return _no_exact_encoding(refund, invoice_id, currency)
