@@ -12,6 +12,7 @@ import json
 import logging
 import random
 import re
+import signal
 import socket
 import threading
 import time
@@ -256,13 +257,17 @@ class SandboxServer:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def serve_forever(self) -> None:
+    def serve_until_signalled(self, *, banner: Callable[[SandboxServer], str]) -> None:
+        """The standalone mode: start, print one line (the demo reads the address from it),
+        serve until SIGINT or SIGTERM, then stop cleanly."""
+        stopping = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stopping.set())
         self.start()
+        print(banner(self), flush=True)
         try:
-            while self._thread and self._thread.is_alive():
-                self._thread.join(timeout=0.5)
-        except KeyboardInterrupt:
-            pass
+            while not stopping.wait(timeout=0.5):
+                pass
         finally:
             self.stop()
 

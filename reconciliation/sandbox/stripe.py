@@ -24,9 +24,7 @@ import hmac
 import itertools
 import logging
 import re
-import signal
 import sys
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -749,16 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         data=data,
     )
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    sandbox.start()
-    print(f"Stripe sandbox listening on {sandbox.base_url}", flush=True)
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        sandbox.stop()
+    sandbox.serve_until_signalled(banner=lambda s: f"Stripe sandbox listening on {s.base_url}")
     return 0
 
 

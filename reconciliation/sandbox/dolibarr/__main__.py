@@ -9,9 +9,7 @@ SIGINT or SIGTERM and exits with status 0.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 
 from reconciliation.sandbox.base import Faults
 from reconciliation.sandbox.dolibarr.server import DolibarrSandbox
@@ -66,20 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         faults=faults,
         numbering_window_ms=options.numbering_window_ms,
     )
-    stopping = threading.Event()
-
-    def request_stop(signum: int, frame: object) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    sandbox.start()
-    print(f"Dolibarr sandbox listening on {sandbox.api_url}", flush=True)
-    try:
-        while not stopping.wait(timeout=0.5):
-            pass
-    finally:
-        sandbox.stop()
+    sandbox.serve_until_signalled(banner=lambda s: f"Dolibarr sandbox listening on {s.api_url}")
     return 0
 
 
