@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures_stripe import STRIPE_TEST_KEY
+from tests.processes import isolated_env, run_manage
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_TEST_URL = os.environ.get("AP24SYNC_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
@@ -28,33 +29,20 @@ def _redis_available() -> bool:
 
 
 def _env(tmp_path, stripe_sandbox, **extra):
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DATABASE_URL", "REDIS_URL", "STRIPE_", "DOLIBARR_"))
-    }
-    env.update(
+    return isolated_env(
         DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        AP24SYNC_ENV_FILE=str(tmp_path / "none.env"),
         STRIPE_API_KEY=STRIPE_TEST_KEY,
         STRIPE_API_BASE=stripe_sandbox.base_url,
         STRIPE_MAX_NETWORK_RETRIES="0",
         Q_CLUSTER_NAME=f"test{os.getpid()}{tmp_path.name[-6:]}",
         **extra,
     )
-    return env
 
 
 def _manage(env, *args):
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout.strip()
+    completed = run_manage(env, *args)
+    completed.check_returncode()
+    return completed.stdout.strip()
 
 
 def _queued_pull_is_run_by_the_cluster(env) -> int:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.processes import isolated_env
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -26,12 +28,7 @@ def _port_open(url: str) -> bool:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL"))}
-    env.update(
-        DATABASE_URL=f"sqlite:///{workdir / 'db.sqlite3'}",
-        AP24SYNC_ENV_FILE=str(workdir / "none.env"),
-        PYTHONUNBUFFERED="1",
-    )
+    env = isolated_env(DATABASE_URL=f"sqlite:///{workdir / 'db.sqlite3'}", PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
         [
             sys.executable,

@@ -1,31 +1,16 @@
 """Settings are read in a fresh interpreter so that each test sees only the variables it sets."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.processes import isolated_env, run_manage
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCTION_KEY = "prod-" + "k3y" * 20
 
 
 def _run(*args, **env_overrides):
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DJANGO_", "DATABASE_URL", "REDIS_URL", "SECRET_KEY", "AP24SYNC"))
-    }
-    env["AP24SYNC_ENV_FILE"] = str(ROOT / "does-not-exist.env")
-    env.update(env_overrides)
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_manage(isolated_env(**env_overrides), *args)
 
 
 def _setting(name, **env):

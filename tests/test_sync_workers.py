@@ -26,6 +26,7 @@ from reconciliation.sandbox.dolibarr import DolibarrSandbox
 from reconciliation.sandbox.seed import dolibarr_bank_account_create
 from reconciliation.sandbox.stripe import StripeSandbox
 from reconciliation.sandbox.stripe_data import generate
+from tests.processes import isolated_env, run_manage
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_SERVER = "postgresql://postgres@127.0.0.1:5432"
@@ -130,14 +131,8 @@ def worker_env(
     backlog_stripe: StripeSandbox,
     racing_dolibarr: DolibarrSandbox,
 ) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DATABASE_URL", "REDIS_URL", "STRIPE_", "DOLIBARR_", "SYNC_"))
-    }
-    env.update(
+    return isolated_env(
         DATABASE_URL=workers_database,
-        AP24SYNC_ENV_FILE=str(tmp_path / "none.env"),
         STRIPE_API_KEY=STRIPE_KEY,
         STRIPE_API_BASE=backlog_stripe.base_url,
         STRIPE_MAX_NETWORK_RETRIES="0",
@@ -147,18 +142,10 @@ def worker_env(
         DOLIBARR_LANE_TIMEOUT="30",
         SYNC_WORKERS=str(THREADS_PER_WORKER),
     )
-    return env
 
 
 def _manage(env: dict[str, str], *args: str) -> str:
-    completed = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    completed = run_manage(env, *args)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return completed.stdout
 

@@ -1,0 +1,40 @@
+"""Running `manage.py` in a separate process, as an operator or a worker would, with only the
+variables a test gives it: none of the project's variables leak in from the environment of
+whoever runs the tests, and no `.env` file is read."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT_VARIABLES = (
+    "AP24SYNC",
+    "DATABASE_URL",
+    "DJANGO_",
+    "DOLIBARR_",
+    "REDIS_URL",
+    "SECRET_KEY",
+    "STRIPE_",
+    "SYNC_",
+)
+
+
+def isolated_env(**variables: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(PROJECT_VARIABLES)}
+    env["AP24SYNC_ENV_FILE"] = str(ROOT / "does-not-exist.env")
+    env.update(variables)
+    return env
+
+
+def run_manage(env: dict[str, str], *args: str, timeout: float = 120):
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
