@@ -213,10 +213,6 @@ def record_retry(*, record: SyncRecord, actor, reason: str = "") -> SyncRecord:
     return locked
 
 
-def records_due(*, limit: int = 100) -> list[SyncRecord]:
-    return list(SyncRecord.objects.due().order_by("next_attempt_at", "id")[:limit])
-
-
 def records_claim_due(
     *,
     limit: int = 1,
@@ -273,5 +269,4 @@ __all__ = [
     "record_observe",
     "record_retry",
     "records_claim_due",
-    "records_due",
 ]
