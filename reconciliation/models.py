@@ -47,12 +47,20 @@ class SyncState(models.TextChoices):
     SKIPPED = "skipped", _("Skipped")
 
 
+def _due(now) -> models.Q:
+    return models.Q(state=SyncState.PENDING) & (
+        models.Q(next_attempt_at__isnull=True) | models.Q(next_attempt_at__lte=now)
+    )
+
+
 class SyncRecordQuerySet(models.QuerySet):
     def due(self, *, now=None):
-        now = now or timezone.now()
-        return self.filter(state=SyncState.PENDING).filter(
-            models.Q(next_attempt_at__isnull=True) | models.Q(next_attempt_at__lte=now)
-        )
+        return self.filter(_due(now or timezone.now()))
+
+    def claimable(self, *, now, lease: timedelta):
+        """Due, or left in progress past its lease by a worker that died."""
+        stale = models.Q(state=SyncState.IN_PROGRESS, last_attempt_at__lt=now - lease)
+        return self.filter(_due(now) | stale)
 
     def for_source(self, source: str):
         return self.filter(source=source)

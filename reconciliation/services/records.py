@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from enum import StrEnum
 
-from django.db import models, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from reconciliation.audit import audit_record
@@ -228,11 +228,7 @@ def records_claim_due(
     A record left `in_progress` longer than `lease` belongs to a worker that died: it is due
     again (its next attempt looks the remote objects up before writing anything)."""
     now = timezone.now()
-    stale = models.Q(state=SyncState.IN_PROGRESS, last_attempt_at__lt=now - lease)
-    pending = models.Q(state=SyncState.PENDING) & (
-        models.Q(next_attempt_at__isnull=True) | models.Q(next_attempt_at__lte=now)
-    )
-    candidates = SyncRecord.objects.filter(pending | stale)
+    candidates = SyncRecord.objects.claimable(now=now, lease=lease)
     if source:
         candidates = candidates.filter(source=source)
     if kinds:
