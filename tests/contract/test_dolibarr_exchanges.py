@@ -202,9 +202,29 @@ def _recorded_payment_bank_lines() -> dict[int, int]:
     return pairs
 
 
+# A numbered Dolibarr ref (`SH2611-0001`): its month is the day it was given, so a replay on
+# another month gets another ref, which later requests must use (a document's path, say).
+_NUMBERED_REF = re.compile(r"^[A-Z]+\d{4}-\d+$")
+
+
 @dataclass
 class IdMap:
     ids: dict[str, dict[int, int]] = field(default_factory=dict)
+    refs: dict[str, str] = field(default_factory=dict)
+
+    def learn_ref(self, recorded: Any, ours: Any) -> None:
+        """The ref a recorded answer gave and the one ours gives, when they differ."""
+        if not (isinstance(recorded, dict) and isinstance(ours, dict)):
+            return
+        old, new = recorded.get("ref"), ours.get("ref")
+        numbered = isinstance(old, str) and _NUMBERED_REF.match(old)
+        if numbered and isinstance(new, str) and old != new:
+            self.refs[old] = new
+
+    def text(self, value: str) -> str:
+        for old, new in self.refs.items():
+            value = value.replace(old, new)
+        return value
 
     def learn(self, kind: str, recorded: Any, ours: Any) -> None:
         if recorded is None or ours is None:
@@ -238,7 +258,10 @@ class IdMap:
                 translated.get("modulepart", ""), "shipment"
             )
             translated["id"] = self.get(kind, int(translated["id"]))
-        return translated
+        return {
+            key: self.text(item) if isinstance(item, str) else item
+            for key, item in translated.items()
+        }
 
     def body(self, value: Any) -> Any:
         if isinstance(value, list):
@@ -254,6 +277,8 @@ class IdMap:
                 }
             elif key in _BODY_IDS and isinstance(item, int) and not isinstance(item, bool):
                 translated[key] = self.get(_BODY_IDS[key], item)
+            elif isinstance(item, str):
+                translated[key] = self.text(item)
             else:
                 translated[key] = self.body(item)
         return translated
@@ -400,6 +425,7 @@ class Replay:
         tail = request["path"][len(API_PREFIX) :]
         body = response.json() if response.content else None
         expected = recorded.get("json")
+        self.ids.learn_ref(expected, body)
         for method, pattern, kind in _CREATED_KIND:
             if request["method"] == method and pattern.match(tail) and isinstance(expected, int):
                 self.ids.learn(kind, expected, body)
