@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,26 @@ def test_latency_knob_delays_every_answer(api, dolibarr_sandbox: DolibarrSandbox
     started = time.monotonic()
     assert api("GET", "/status").status_code == 200
     assert time.monotonic() - started >= 0.15
+
+
+def test_numbering_window_is_spent_out_of_the_latency(
+    api, dolibarr_sandbox: DolibarrSandbox, monkeypatch
+) -> None:
+    # The latency is the server's whole time per request: a validation's numbering window is
+    # part of it, so the sandbox sleeps 50 ms in all for it, not 50 + 30.
+    slept: list[float] = []
+    monkeypatch.setattr(
+        "reconciliation.sandbox.base.time",
+        types.SimpleNamespace(sleep=lambda seconds: slept.append(seconds)),
+    )
+    socid = customer(api)
+    draft = draft_invoice(api, socid)
+    dolibarr_sandbox.numbering_window_ms = 30
+    dolibarr_sandbox.faults.update(latency_ms=50)
+    slept.clear()
+    assert api("POST", f"/invoices/{draft}/validate").status_code == 200
+    assert sum(slept) == pytest.approx(0.050)
+    assert pytest.approx(0.030) in slept
 
 
 def test_error_knob_answers_500_and_does_nothing(api, dolibarr_sandbox: DolibarrSandbox) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlencode
@@ -49,7 +48,8 @@ class DolibarrSandbox(SandboxServer):
     `numbering_window_ms` is the pause between reading the next document number and inserting
     it, taken outside the state lock: concurrent numbered writes collide exactly as they did on
     the real server (500 duplicate key for invoices, orders, shipments and thirdparty codes; a
-    silently shared `PAY…` ref for payments). Sequential calls never collide.
+    silently shared `PAY…` ref for payments). Sequential calls never collide. With a latency
+    set, the window is spent out of it: a numbered write takes the latency, like any request.
     """
 
     name = "dolibarr"
@@ -85,10 +85,14 @@ class DolibarrSandbox(SandboxServer):
             self.store.clear()
             self.store.seed(bank_account=bank_account)
 
+    @property
+    def latency_reserve_seconds(self) -> float:  # type: ignore[override]
+        return self.numbering_window_ms / 1000
+
     def numbering_pause(self) -> None:
-        """The PHP read-then-insert gap of the numbering modules; never hold the lock here."""
-        if self.numbering_window_ms > 0:
-            time.sleep(self.numbering_window_ms / 1000)
+        """The PHP read-then-insert gap of the numbering modules; never hold the lock here.
+        It is part of the request's latency (the real server's time), not added to it."""
+        self.spend_latency(self.numbering_window_ms / 1000)
 
     def route(self, method: str, path: str, handler: ApiHandler) -> None:
         self.router.add(method, API_PREFIX + path, functools.partial(self._call, handler))
