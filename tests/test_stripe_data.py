@@ -406,3 +406,45 @@ def test_add_months_clamps_to_the_last_day():
 def test_allocate_splits_exactly_in_proportion():
     assert allocate(1000, [490, 2400, 9000, 15000]) == [18, 89, 335, 558]
     assert sum(allocate(7, [1, 1, 1])) == 7
+
+
+def _paid_invoice_charges(dataset) -> list[dict]:
+    status = {invoice["id"]: invoice["status"] for invoice in dataset.collections["invoices"]}
+    intents = {
+        item["payment"]["payment_intent"]
+        for item in dataset.collections["invoice_payments"]
+        if item["status"] == "paid" and status[item["invoice"]] == "paid"
+    }
+    return [
+        charge
+        for charge in dataset.collections["charges"]
+        if charge["status"] == "succeeded" and charge["payment_intent"] in intents
+    ]
+
+
+def test_refund_share_refunds_that_share_of_paid_invoices():
+    dataset = generate(seed=7, customers=120, months=3, refund_share=0.10)
+    paid = _paid_invoice_charges(dataset)
+    refunded = [charge for charge in paid if charge["amount_refunded"]]
+    assert len(refunded) == round(0.10 * len(paid))
+    assert any(charge["refunded"] for charge in refunded)
+    assert any(not charge["refunded"] for charge in refunded)
+
+
+def test_refund_share_keeps_payouts_and_balance_consistent():
+    dataset = generate(seed=7, customers=120, months=3, refund_share=0.10)
+    for payout in dataset.collections["payouts"]:
+        members = [dataset.get(t) for t in dataset.payout_transactions[payout["id"]]]
+        assert sum(t["net"] for t in members if t["type"] != "payout") == payout["amount"]
+    for status in ("available", "pending"):
+        for entry in dataset.balance[status]:
+            assert entry["amount"] == sum(
+                t["net"]
+                for t in dataset.collections["balance_transactions"]
+                if t["currency"] == entry["currency"] and t["status"] == status
+            )
+
+
+def test_refund_share_outside_zero_to_one_is_refused():
+    with pytest.raises(ValueError, match="refund_share"):
+        generate(seed=7, customers=12, months=1, refund_share=1.5)

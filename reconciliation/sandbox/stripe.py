@@ -723,12 +723,20 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="first day of the generated history (UTC), e.g. 2025-11-01",
     )
     parser.add_argument(
+        "--refund-share",
+        type=float,
+        default=0.0,
+        help="refund more paid invoices until this share of them carry a refund (0 to 1)",
+    )
+    parser.add_argument(
         "--webhook-url", default="", help="where POST /_sandbox/webhooks/deliver sends"
     )
     parser.add_argument("--webhook-secret", default="", help="whsec_… used to sign deliveries")
     args = parser.parse_args(argv)
     if args.host not in LOOPBACK_HOSTS and not args.host.startswith("127."):
         parser.error(f"--host must be a loopback address, not {args.host!r}")
+    if not 0 <= args.refund_share <= 1:
+        parser.error(f"--refund-share must be between 0 and 1, not {args.refund_share}")
     try:
         args.start = datetime.fromisoformat(args.start).replace(tzinfo=UTC)
     except ValueError:
@@ -738,7 +746,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    data = generate(seed=args.seed, customers=args.customers, start=args.start, months=args.months)
+    data = generate(
+        seed=args.seed,
+        customers=args.customers,
+        start=args.start,
+        months=args.months,
+        refund_share=args.refund_share,
+    )
     sandbox = StripeSandbox(
         api_key=args.api_key,
         webhook_secret=args.webhook_secret,

@@ -520,6 +520,34 @@ class _Story:
     def within(self, at: int) -> bool:
         return self.start <= at < self.end
 
+    def refund_paid_invoices(self, share: float) -> None:
+        """Refund more paid invoices, chosen at random, until `share` of them carry a refund
+        (a benchmark's "10 % refunded"): every other one in full, the others by a third, two
+        days after the payment."""
+        invoice_status = {
+            invoice["id"]: invoice["status"] for invoice in self.collections["invoices"]
+        }
+        intents = {
+            item["payment"]["payment_intent"]
+            for item in self.collections["invoice_payments"]
+            if item["status"] == "paid" and invoice_status.get(item["invoice"]) == "paid"
+        }
+        paid = [
+            charge
+            for charge in self.collections["charges"]
+            if charge["status"] == "succeeded" and charge.get("payment_intent") in intents
+        ]
+        wanted = round(share * len(paid)) - sum(1 for c in paid if c["amount_refunded"])
+        candidates = [
+            charge
+            for charge in paid
+            if not charge["amount_refunded"] and self.within(charge["created"] + 2 * DAY)
+        ]
+        chosen = self.rng.sample(candidates, k=max(0, min(wanted, len(candidates))))
+        for number, charge in enumerate(sorted(chosen, key=lambda c: self.order[c["id"]])):
+            amount = charge["amount"] if number % 2 == 0 else charge["amount"] // 3
+            self.refund(charge, amount, charge["created"] + 2 * DAY, "requested_by_customer")
+
     # -- account set-up --------------------------------------------------------------------
     def set_up_account(self) -> None:
         created = self.start - 30 * DAY
@@ -1713,8 +1741,11 @@ def generate(
     customers: int = DEFAULT_CUSTOMERS,
     start: datetime | None = None,
     months: int = DEFAULT_MONTHS,
+    refund_share: float = 0.0,
 ) -> StripeDataset:
     """The account history for `customers` customers over `months` months from `start`.
+    With `refund_share` (0 to 1), more paid invoices are refunded, at random, until that share
+    of them carry a refund (the personas alone refund 3.5 to 7.7 % of them).
 
     The same arguments always give the same objects, ids included."""
     start = DEFAULT_START if start is None else start
@@ -1722,6 +1753,8 @@ def generate(
         raise ValueError("start must be an aware datetime (UTC)")
     if customers < 0 or months < 1:
         raise ValueError("customers must be >= 0 and months >= 1")
+    if not 0 <= refund_share <= 1:
+        raise ValueError("refund_share is a share between 0 and 1")
     end = add_months(start, months)
     story = _Story(seed=seed, start=start, end=end)
     story.set_up_account()
@@ -1735,6 +1768,8 @@ def generate(
         moments.append(_ts(start) + story.rng.randint(0, span * 7 // 10))
     for number, (persona, created) in enumerate(zip(personas, moments, strict=True)):
         story.live(persona, created, number)
+    if refund_share:
+        story.refund_paid_invoices(refund_share)
     payout_transactions = story.pay_out()
     story.settle_statuses()
     collections = {
