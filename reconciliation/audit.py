@@ -8,6 +8,7 @@ a snapshot by mistake never lands in the trail.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -48,6 +49,38 @@ def audit_record(
 ) -> AuditEvent:
     """Append one audit event. `actor` is a user (a human decision) or None (the system).
     `target` is a model instance or a (kind, identity) pair for remote objects."""
+    event = audit_event(
+        action=action,
+        actor=actor,
+        actor_type=actor_type,
+        actor_label=actor_label,
+        target=target,
+        before=before,
+        after=after,
+        reason=reason,
+    )
+    event.save()
+    return event
+
+
+def audit_records(events: Iterable[AuditEvent]) -> list[AuditEvent]:
+    """Append several events built with `audit_event` in one statement (a batch of records
+    settled together)."""
+    return AuditEvent.objects.bulk_create(list(events))
+
+
+def audit_event(
+    *,
+    action: str,
+    actor=None,
+    actor_type: str | None = None,
+    actor_label: str = "",
+    target: models.Model | tuple[str, str] | None = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    reason: str = "",
+) -> AuditEvent:
+    """An unsaved, redacted event, for `audit_records`."""
     if actor is not None:
         kind = actor_type or ActorType.USER
         label = actor_label or actor.get_username()
@@ -55,7 +88,7 @@ def audit_record(
         kind = actor_type or ActorType.SYSTEM
         label = actor_label or SYSTEM_LABEL
     target_type, target_id, target_label = _target(target)
-    return AuditEvent.objects.create(
+    return AuditEvent(
         actor_type=kind,
         actor=actor,
         actor_label=label,

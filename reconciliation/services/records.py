@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
-from reconciliation.audit import audit_record
-from reconciliation.models import SyncRecord, SyncState, snapshot_hash
+from reconciliation.audit import audit_event, audit_record, audit_records
+from reconciliation.models import (
+    Mismatch,
+    MismatchState,
+    SyncRecord,
+    SyncState,
+    snapshot_hash,
+)
 from reconciliation.services.mismatches import mismatch_detected, mismatches_close_for_record
 from reconciliation.sync.base import MismatchSpec
 
@@ -74,12 +83,27 @@ def record_claim(*, record_id: int) -> SyncRecord:
     return record
 
 
+# What a state change writes: never the snapshot, which can be large and does not change here.
+_STATE_FIELDS = [
+    "state",
+    "dolibarr_kind",
+    "dolibarr_id",
+    "dolibarr_ref",
+    "attempts",
+    "next_attempt_at",
+    "last_attempt_at",
+    "last_error",
+    "synced_at",
+    "updated_at",
+]
+
+
 def _finish(record_id: int, action: str, apply, reason: str = "") -> SyncRecord:
     with transaction.atomic():
-        record = SyncRecord.objects.select_for_update().get(pk=record_id)
+        record = SyncRecord.objects.select_for_update().defer("snapshot").get(pk=record_id)
         before = _state_of(record)
         apply(record)
-        record.save()
+        record.save(update_fields=_STATE_FIELDS)
         audit_record(
             action=action, target=record, before=before, after=_state_of(record), reason=reason
         )
@@ -189,6 +213,92 @@ def _mismatch_from_spec(record: SyncRecord, spec: MismatchSpec) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Settled:
+    """One record's simple outcome for `records_mark_settled`: synced to `dolibarr_id`, or
+    skipped (`dolibarr_id` None) for `reason`."""
+
+    record_id: int
+    dolibarr_kind: str = ""
+    dolibarr_id: int | None = None
+    dolibarr_ref: str = ""
+    reason: str = ""
+
+
+def records_mark_settled(outcomes: Sequence[Settled]) -> None:
+    """Several records synced or skipped in one transaction, with one audit event each, exactly
+    as `record_mark_synced` / `record_mark_skipped` one by one would (the open mismatches of a
+    synced record are closed too) — in a handful of statements instead of five per record."""
+    if not outcomes:
+        return
+    by_id = {outcome.record_id: outcome for outcome in outcomes}
+    now = timezone.now()
+    with transaction.atomic():
+        records = list(
+            SyncRecord.objects.select_for_update().defer("snapshot").filter(pk__in=list(by_id))
+        )
+        events = []
+        for record in records:
+            outcome = by_id[record.pk]
+            before = _state_of(record)
+            if outcome.dolibarr_id is not None:
+                record.mark_synced(
+                    dolibarr_kind=outcome.dolibarr_kind,
+                    dolibarr_id=outcome.dolibarr_id,
+                    dolibarr_ref=outcome.dolibarr_ref,
+                    now=now,
+                )
+                action = "record.synced"
+            else:
+                record.mark_skipped(reason=outcome.reason)
+                action = "record.skipped"
+            record.updated_at = now
+            events.append(
+                audit_event(
+                    action=action,
+                    target=record,
+                    before=before,
+                    after=_state_of(record),
+                    reason=outcome.reason,
+                )
+            )
+        _write_state(records)
+        audit_records(events)
+        synced = [record for record in records if record.state == SyncState.SYNCED]
+        with_mismatches = set(
+            Mismatch.objects.filter(
+                record__in=synced, state__in=[MismatchState.OPEN, MismatchState.APPROVED]
+            ).values_list("record_id", flat=True)
+        )
+        for record in synced:
+            if record.pk in with_mismatches:
+                mismatches_close_for_record(
+                    record_id=record.pk,
+                    note=f"{record} synced to Dolibarr {record.dolibarr_kind} {record.dolibarr_id}",
+                )
+
+
+def _write_state(records: Sequence[SyncRecord]) -> None:
+    """Write the state fields of many records: one parametrised UPDATE executed for each
+    (`executemany`). Django's `bulk_update` builds a CASE per field and record, which costs far
+    more CPU in the worker than the statements cost the database."""
+    fields = [SyncRecord._meta.get_field(name) for name in _STATE_FIELDS]
+    quote = connection.ops.quote_name
+    assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+    # Only the model's own table and column names, quoted, are formatted in; values are bound.
+    sql = (
+        f"UPDATE {quote(SyncRecord._meta.db_table)} SET {assignments} "  # noqa: S608
+        f"WHERE {quote(SyncRecord._meta.pk.column)} = %s"
+    )
+    rows = [
+        [field.get_db_prep_save(getattr(record, field.attname), connection) for field in fields]
+        + [record.pk]
+        for record in records
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
+
+
 def record_mark_skipped(*, record_id: int, reason: str) -> SyncRecord:
     return _finish(
         record_id, "record.skipped", lambda r: r.mark_skipped(reason=reason), reason=reason
@@ -246,12 +356,19 @@ def records_claim_due(
                     reason=f"in progress since {record.last_attempt_at:%Y-%m-%d %H:%M:%S}",
                 )
             record.claim(now=now)
-            record.save(update_fields=["state", "attempts", "last_attempt_at", "updated_at"])
+        # What `claim` did to each, in one statement.
+        SyncRecord.objects.filter(pk__in=[record.pk for record in locked]).update(
+            state=SyncState.IN_PROGRESS,
+            attempts=F("attempts") + 1,
+            last_attempt_at=now,
+            updated_at=now,
+        )
     return locked
 
 
 __all__ = [
     "Observed",
+    "Settled",
     "SyncState",
     "record_claim",
     "record_mark_failed",
@@ -265,4 +382,5 @@ __all__ = [
     "record_observe",
     "record_retry",
     "records_claim_due",
+    "records_mark_settled",
 ]

@@ -8,13 +8,15 @@ transaction — and record its outcome in one short transaction, with the Doliba
 its mismatch when a person must decide.
 
 Records are processed in dependency order, phase by phase: customers, then invoices, then
-what points at invoices (charges, payment intents, refunds), then payouts. Kinds that depend on
-no other record and take no lane (fee lines: `INDEPENDENT_KINDS`) do not wait for their turn:
-a share of the workers (`side_workers`) works on them from the start, alongside the phases
-that hold the lane, and the rest join them once those phases are done; the phases after them
-(payouts) start once they are settled. A record whose dependency is still missing says
-`Waiting` and comes back later without losing an attempt. Draft creations and reads run in
-parallel across workers; every numbered write goes through the one lane (`context.lane`).
+what points at invoices (refunds, charges, payment intents). Kinds that depend on no other
+record and take no lane (fee lines and payouts: `INDEPENDENT_KINDS`) do not wait for their
+turn: a share of the workers (`side_workers`) works on them from the start, alongside the
+phases that hold the lane, and the rest join them once those phases are done. In a phase of
+several kinds each worker starts on a different one. Synced and skipped outcomes are recorded
+per batch, in one transaction (`records_mark_settled`). A record whose dependency is still
+missing says `Waiting` and comes back later without losing an attempt. Draft creations and
+reads run in parallel across workers; every numbered write goes through the one lane
+(`context.lane`).
 
 Failures: a transient error (connection, timeout, 5xx, 429, a busy lane) is retried later with
 a growing, jittered delay until `SYNC_MAX_ATTEMPTS`, then the record fails with a `sync_failed`
@@ -51,13 +53,13 @@ from reconciliation.errors import (
 )
 from reconciliation.models import MismatchKind, Source, SyncRecord, SyncState
 from reconciliation.services.records import (
+    Settled,
     record_mark_failed_with_mismatch,
     record_mark_needs_review_with_mismatch,
     record_mark_retry_later,
-    record_mark_skipped,
-    record_mark_synced,
     record_mark_waiting,
     records_claim_due,
+    records_mark_settled,
 )
 from reconciliation.sync import handlers  # noqa: F401  (registers every handler)
 from reconciliation.sync.base import (
@@ -81,17 +83,23 @@ logger = logging.getLogger(__name__)
 PHASES: tuple[tuple[str, ...], ...] = (
     ("customer",),
     ("invoice",),
-    ("charge", "payment_intent", "refund"),
-    ("balance_transaction",),
-    ("payout",),
+    # Refunds first: they hold the lane, and the workers that start on them keep it busy
+    # while the others settle the charges and payment intents (`_run_phase`).
+    ("refund", "charge", "payment_intent"),
+    ("balance_transaction", "payout"),
 )
 # Kinds that need no other record synced first and write nothing numbered: they run alongside
-# the phases before theirs (a fee line needs neither its charge nor the lane).
-INDEPENDENT_KINDS = frozenset({"balance_transaction"})
+# the phases before theirs (a fee line needs neither its charge nor the lane; a payout's
+# transfer is checked against Stripe's own list of what it paid out).
+INDEPENDENT_KINDS = frozenset({"balance_transaction", "payout"})
 
 # Records claimed together and looked up together: one look-up call per object kind serves
 # this many records, and a worker that dies leaves at most this many for the lease to return.
 BATCH_SIZE = 20
+# Kinds whose records mostly write nothing (pointers at a payment their invoice wrote): their
+# cost is the claim and the settle, so they are claimed in bigger batches (`batch_size` x 5).
+LIGHT_KINDS = frozenset({"charge", "payment_intent"})
+LIGHT_BATCH_FACTOR = 5
 # How long a worker waits, at the end of a phase, for other processes' records of that phase.
 PHASE_BARRIER_MAX_WAIT = timedelta(seconds=60)
 PHASE_BARRIER_POLL_SECONDS = 0.2
@@ -367,18 +375,37 @@ def _run_phase(
         _work(run, context, phase, **options)
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ap24sync-sync") as pool:
-        futures = [pool.submit(_thread_main, run, context, phase, options) for _ in range(workers)]
+        futures = [
+            pool.submit(_thread_main, run, context, phase, options, prefer)
+            for prefer in preferred_kinds(phase, workers)
+        ]
     for future in futures:
         exc = future.exception()
         if exc is not None and run.fatal is None:
             run.fail(exc)
 
 
+def preferred_kinds(phase: tuple[str, ...], workers: int) -> list[str]:
+    """The kind each worker of a phase starts on (it takes any kind of the phase once its own
+    runs out): half of the workers, rounded up, on the phase's first kind — refunds, which hold
+    the lane — the others spread over the rest, so that the lane stays busy while they settle
+    the light kinds."""
+    if len(phase) == 1:
+        return [phase[0]] * workers
+    first = (workers + 1) // 2
+    rest = phase[1:]
+    return [phase[0]] * first + [rest[number % len(rest)] for number in range(workers - first)]
+
+
 def _thread_main(
-    run: _Run, context: SyncContext, phase: tuple[str, ...], options: dict[str, Any]
+    run: _Run,
+    context: SyncContext,
+    phase: tuple[str, ...],
+    options: dict[str, Any],
+    prefer: str | None = None,
 ) -> None:
     try:
-        _work(run, context, phase, **options)
+        _work(run, context, phase, prefer=prefer, **options)
     except BaseException as exc:  # recorded on the run, raised by `sync_due`
         run.fail(exc)
     finally:
@@ -395,25 +422,52 @@ def _work(
     max_attempts: int,
     delay_for: Callable[[int], timedelta],
     batch_size: int,
+    prefer: str | None = None,
 ) -> None:
+    """Claim, look up, handle and record batches of the phase's due records until none is
+    left; records of the `prefer` kind first, while there are any."""
+    if len(phase) < 2:
+        prefer = None
+    light = set(phase) <= LIGHT_KINDS
     while not run.stop.is_set():
-        wanted = run.take(batch_size)
+        size = batch_size * LIGHT_BATCH_FACTOR if light or prefer in LIGHT_KINDS else batch_size
+        wanted = run.take(size)
         if wanted == 0:
             return
-        batch = records_claim_due(limit=wanted, lease=lease, kinds=list(phase))
+        batch: list[SyncRecord] = []
+        if prefer is not None:
+            batch = records_claim_due(limit=wanted, lease=lease, kinds=[prefer])
+            if not batch:
+                prefer = None
+                run.give_back(wanted)
+                continue
+        if not batch:
+            batch = records_claim_due(limit=wanted, lease=lease, kinds=list(phase))
         run.give_back(wanted - len(batch))
         if not batch:
             return
         batch_context = replace(context, known=_look_up(batch, context, run.cache))
-        for position, record in enumerate(batch):
-            if run.stop.is_set():
-                for left in batch[position:]:
-                    record_mark_waiting(
-                        record_id=left.pk, reason="the run stopped", delay=timedelta(0)
-                    )
-                return
-            result = _attempt(record, batch_context, lease)
-            run.count(_settle(record, result, run, max_attempts, delay_for))
+        settled: list[Settled] = []
+        try:
+            for position, record in enumerate(batch):
+                if run.stop.is_set():
+                    for left in batch[position:]:
+                        record_mark_waiting(
+                            record_id=left.pk, reason="the run stopped", delay=timedelta(0)
+                        )
+                    return
+                result = _attempt(record, batch_context, lease)
+                simple = _simple_outcome(record, result)
+                if simple is not None:
+                    settled.append(simple)
+                else:
+                    run.count(_settle(record, result, run, max_attempts, delay_for))
+        finally:
+            # Synced and skipped records of the batch are recorded together, in one
+            # transaction: the bulk of a backfill, at a handful of statements per batch.
+            records_mark_settled(settled)
+            for outcome in settled:
+                run.count("synced" if outcome.dolibarr_id is not None else "skipped")
 
 
 def _look_up(batch: list[SyncRecord], context: SyncContext, cache: RunCache) -> KnownObjects:
@@ -459,6 +513,21 @@ def _attempt(record: SyncRecord, context: SyncContext, lease: timedelta) -> Any:
         return exc
 
 
+def _simple_outcome(record: SyncRecord, result: Any) -> Settled | None:
+    """A Synced or Skipped result as a `Settled` for the batch's one transaction; None for the
+    others, which are recorded at once with their mismatch or retry time."""
+    if isinstance(result, Synced):
+        return Settled(
+            record_id=record.pk,
+            dolibarr_kind=result.dolibarr_kind,
+            dolibarr_id=result.dolibarr_id,
+            dolibarr_ref=result.dolibarr_ref,
+        )
+    if isinstance(result, Skipped):
+        return Settled(record_id=record.pk, reason=result.reason)
+    return None
+
+
 def _settle(
     record: SyncRecord,
     result: Any,
@@ -466,15 +535,8 @@ def _settle(
     max_attempts: int,
     delay_for: Callable[[int], timedelta],
 ) -> str:
-    """Record one outcome in one transaction; returns the name it is counted under."""
-    if isinstance(result, Synced):
-        record_mark_synced(
-            record_id=record.pk,
-            dolibarr_kind=result.dolibarr_kind,
-            dolibarr_id=result.dolibarr_id,
-            dolibarr_ref=result.dolibarr_ref,
-        )
-        return "synced"
+    """Record one outcome other than synced or skipped (`_simple_outcome`) in one transaction;
+    returns the name it is counted under."""
     if isinstance(result, NeedsReview):
         record_mark_needs_review_with_mismatch(
             record_id=record.pk,
@@ -484,9 +546,6 @@ def _settle(
             dolibarr_id=result.dolibarr_id,
         )
         return "needs_review"
-    if isinstance(result, Skipped):
-        record_mark_skipped(record_id=record.pk, reason=result.reason)
-        return "skipped"
     if isinstance(result, Waiting):
         record_mark_waiting(record_id=record.pk, reason=result.reason, delay=result.delay)
         return "waiting"
