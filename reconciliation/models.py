@@ -358,6 +358,33 @@ class Cursor(models.Model):
         return f"{self.stream} = {self.value or '∅'}"
 
 
+# --- RemoteCreation -------------------------------------------------------------------------
+
+
+class RemoteCreation(models.Model):
+    """A Dolibarr object this console creates once per `ref_ext` whoever asks for it (a
+    thirdparty shared by several Stripe customers, or by Stripe and Aipress24), noted inside the
+    numbered lane before its create call is sent (`services/creations.py`).
+
+    Whoever takes the lane next for the same `ref_ext` reads the note instead of asking Dolibarr:
+    with `remote_id` the object exists and is adopted; without it the earlier call's outcome is
+    unknown (a timeout, a crash) and Dolibarr is asked. The Dolibarr write itself is audited."""
+
+    kind = models.CharField(max_length=40)
+    ref_ext = models.CharField(max_length=255)
+    remote_id = models.PositiveBigIntegerField(null=True, blank=True)
+    noted_at = models.DateTimeField(default=timezone.now)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "ref_ext"], name="remotecreation_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.ref_ext} -> {self.remote_id or '?'}"
+
+
 # --- InboundEvent ---------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from django.utils import timezone
 
 from reconciliation.connectors.dolibarr import DolibarrClient
-from reconciliation.models import Mismatch, SyncRecord, SyncState
+from reconciliation.models import Mismatch, RemoteCreation, SyncRecord, SyncState
 from reconciliation.services.records import record_observe
 from reconciliation.sync.engine import build_context, sync_due
 from reconciliation.sync.lane import LocalLane
@@ -79,9 +79,11 @@ def observed_snapshots() -> list[tuple[str, str, str, dict]]:
 
 
 def restart_from(snapshots: list[tuple[str, str, str, dict]]) -> None:
-    """Forget every record and mismatch, then observe the same source objects again."""
+    """Forget every record, mismatch and creation note (for a Dolibarr sandbox reset to
+    empty), then observe the same source objects again."""
     Mismatch.objects.all().delete()
     SyncRecord.objects.all().delete()
+    RemoteCreation.objects.all().delete()
     for source, kind, external_id, snapshot in snapshots:
         record_observe(source=source, kind=kind, external_id=external_id, snapshot=snapshot)
 

@@ -162,6 +162,25 @@ def test_a_new_paid_invoice_costs_four_calls_and_a_stripe_only_customer_two(
     assert invoice_calls["POST /invoices/paymentsdistributed"] == 1
 
 
+def test_a_new_organisation_customer_costs_two_calls(
+    dolibarr_client, dolibarr_sandbox, stripe_connector, stripe_dataset
+):
+    customer = next(
+        c for c in stripe_dataset.collections["customers"] if "ap24_org_id" in c["metadata"]
+    )
+    record_observe(source="stripe", kind="customer", external_id=customer["id"], snapshot=customer)
+    context = context_for(dolibarr_client, stripe_connector, url=dolibarr_sandbox.api_url)
+    dolibarr_client.reset_call_counts()
+
+    sync_due(context=context, kinds=["customer"])
+
+    assert dolibarr_client.call_counts == {
+        "GET /thirdparties": 1,  # the batched look-up
+        "POST /thirdparties": 1,
+        "POST /thirdparties/{id}/accounts/{site}": 1,
+    }
+
+
 def test_a_run_killed_after_any_write_resumes_to_the_same_state(
     dolibarr_client, dolibarr_sandbox, dolibarr_api_key, small_stripe
 ):

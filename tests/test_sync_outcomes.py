@@ -335,3 +335,49 @@ def test_a_stripe_only_customer_change_updates_its_thirdparty(context, dolibarr_
     assert thirdparty.email == "new-address@example.test"
     record.refresh_from_db()
     assert (record.state, record.dolibarr_id) == (SyncState.SYNCED, thirdparty.id)
+
+
+def _second_customer_of(record, customer_id):
+    """Another Stripe customer of the same Aipress24 organisation (README: two Stripe customer
+    ids for one organisation)."""
+    snapshot = {**record.snapshot, "id": customer_id, "tax_ids": {"object": "list", "data": []}}
+    record_observe(source="stripe", kind="customer", external_id=customer_id, snapshot=snapshot)
+    return SyncRecord.objects.get(kind="customer", external_id=customer_id)
+
+
+def test_two_stripe_customers_of_one_organisation_share_one_thirdparty(context, dolibarr_client):
+    first = _record("customer", organisation=lambda s: "ap24_org_id" in s["metadata"])
+    second = _second_customer_of(first, "cus_SecondOfTheOrg")
+    ref_ext = f"ap24-org-{first.snapshot['metadata']['ap24_org_id']}"
+
+    sync_due(context=context, kinds=["customer"])
+
+    [thirdparty] = dolibarr_client.find_thirdparties(ref_ext=ref_ext)
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.state, first.dolibarr_id) == (SyncState.SYNCED, thirdparty.id)
+    # One Stripe link per thirdparty: the second customer is a decision for a person.
+    assert (second.state, second.dolibarr_id) == (SyncState.NEEDS_REVIEW, thirdparty.id), (
+        second.last_error
+    )
+    assert second.mismatches.get().kind == MismatchKind.CUSTOMER_CONFLICT
+
+
+def test_a_customer_whose_thirdparty_creation_went_unanswered_adopts_it_on_retry(
+    context, dolibarr_client, dolibarr_sandbox
+):
+    record = _record("customer", organisation=lambda s: "ap24_org_id" in s["metadata"])
+    ref_ext = f"ap24-org-{record.snapshot['metadata']['ap24_org_id']}"
+    SyncRecord.objects.filter(kind="customer").exclude(pk=record.pk).delete()
+    dolibarr_sandbox.faults.update(lost_response_rate=1.0)
+    sync_due(context=context, kinds=["customer"])
+    dolibarr_sandbox.faults.update(lost_response_rate=0.0)
+    record.refresh_from_db()
+    assert record.state == SyncState.PENDING
+    SyncRecord.objects.filter(pk=record.pk).update(next_attempt_at=None)
+
+    sync_due(context=context, kinds=["customer"])
+
+    [thirdparty] = dolibarr_client.find_thirdparties(ref_ext=ref_ext)
+    record.refresh_from_db()
+    assert (record.state, record.dolibarr_id) == (SyncState.SYNCED, thirdparty.id)

@@ -25,7 +25,7 @@ import pytest
 from reconciliation.sandbox.dolibarr import DolibarrSandbox
 from reconciliation.sandbox.seed import dolibarr_bank_account_create
 from reconciliation.sandbox.stripe import StripeSandbox
-from reconciliation.sandbox.stripe_data import generate
+from reconciliation.sandbox.stripe_data import StripeDataset, generate
 from tests.processes import isolated_env, run_manage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,10 +112,29 @@ def workers_database() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+SECOND_CUSTOMERS = 6
+
+
+def _second_customers(data: StripeDataset) -> list[str]:
+    """Give a few organisations a second Stripe customer (README: two Stripe customer ids for
+    one organisation), so that workers race for one thirdparty too. Returns their ids."""
+    organisations = [c for c in data.collections["customers"] if "ap24_org_id" in c["metadata"]]
+    added = []
+    for number, customer in enumerate(organisations[:SECOND_CUSTOMERS]):
+        second = {**customer, "id": f"cus_SecondOfOrg{number:02d}"}
+        data.collections["customers"].append(second)
+        data.order[second["id"]] = (customer["created"], data.order[customer["id"]][1])
+        data.index[second["id"]] = second
+        added.append(second["id"])
+    return added
+
+
 @pytest.fixture
 def backlog_stripe() -> Iterator[StripeSandbox]:
-    """A Stripe with enough euro invoices that both workers validate and pay at once."""
+    """A Stripe with enough euro invoices that both workers validate and pay at once, and a
+    few organisations with two Stripe customers."""
     data = generate(seed=23, customers=36, start=datetime(2026, 1, 1, tzinfo=UTC), months=3)
+    assert len(_second_customers(data)) == SECOND_CUSTOMERS
     with StripeSandbox(api_key=STRIPE_KEY, webhook_secret="whsec_workers", data=data) as sandbox:
         yield sandbox
 
@@ -311,6 +330,15 @@ def test_two_workers_sync_one_backlog_without_overlap_or_duplicate_numbers(
         "WHERE dolibarr_id IS NOT NULL AND dolibarr_kind IN ('invoice', 'thirdparty') "
         "GROUP BY dolibarr_kind ORDER BY dolibarr_kind",
     )
+    # Each second customer of an organisation names the thirdparty its first one created.
+    pairs = _query(
+        database,
+        "SELECT count(*), count(DISTINCT dolibarr_id) FROM reconciliation_syncrecord "
+        "WHERE kind = 'customer' AND dolibarr_id IN (SELECT dolibarr_id FROM "
+        "reconciliation_syncrecord WHERE kind = 'customer' AND external_id LIKE %s)",
+        "cus_SecondOfOrg%",
+    )
+    assert pairs == [(2 * SECOND_CUSTOMERS, SECOND_CUSTOMERS)]
     assert dict(synced_ids) == {
         "invoice": len([i for i in invoices if not i.is_credit_note]),
         "thirdparty": len(thirdparties),

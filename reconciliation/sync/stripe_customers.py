@@ -8,10 +8,13 @@ Either way the thirdparty is also linked to the Stripe customer through
 
 A thirdparty created with an automatic code (`code_client "-1"`) takes a number, and parallel
 creations fail on the code's unique key (README, "Concurrency"): creation runs in the numbered
-lane. The look-up that guards it runs in the lane too whenever another record may create the
-same thirdparty (an organisation's identity is shared by all its Stripe customers) or an
-earlier attempt may have created it; otherwise the batched look-up made right after the claim
-is enough (`sync.known`).
+lane. On a first attempt the batched look-up made right after the claim (`sync.known`) says
+whether the thirdparty exists. Another record may create the same one in the meantime (an
+organisation's identity is shared by all its Stripe customers, and by the Aipress24 sync): so,
+inside the lane, the creation is noted before it is sent (`services/creations.py`), and a
+holder that finds a note adopts the noted thirdparty, or asks Dolibarr when the noted call's
+outcome is unknown. A new customer thus costs two calls: the creation and the Stripe link. On a
+later attempt (an earlier call may have been applied unseen) Dolibarr is asked inside the lane.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import re
 from typing import Any
 
 from reconciliation.connectors.dolibarr_types import Thirdparty
+from reconciliation.errors import NotFoundError, TransientError
 from reconciliation.models import MismatchKind, SyncRecord
+from reconciliation.services.creations import creation_confirm, creation_forget, creation_note
 from reconciliation.sync.base import (
     MismatchSpec,
     NeedsReview,
@@ -91,9 +96,8 @@ def stripe_customer_sync(record: SyncRecord, context: SyncContext) -> Outcome:
     shared = ref_ext != customer_id
     dolibarr = context.dolibarr
 
-    candidates: list[Thirdparty] | None = None
-    if not shared and record.attempts <= 1:
-        candidates = find_thirdparties(context, record, ref_ext)
+    # On a first attempt the batched look-up is trusted; on a later one Dolibarr is asked again.
+    candidates = find_thirdparties(context, record, ref_ext) if record.attempts <= 1 else None
     created_id: int | None = None
     if not candidates:
         # Everything that may call Stripe happens before the lane: the lane holds up every
@@ -103,17 +107,32 @@ def stripe_customer_sync(record: SyncRecord, context: SyncContext) -> Outcome:
             "phone": customer.get("phone") or None,
             "tva_intra": _vat_number(customer, context),
         }
+        noted_id: int | None = None
         with context.lane.hold():
-            if candidates is None:
-                candidates = dolibarr.find_thirdparties(ref_ext=ref_ext)
-            if not candidates:
-                created_id = dolibarr.create_thirdparty(
-                    **fields,
-                    ref_ext=ref_ext,
-                    note_private=f"Stripe customer {customer_id}",
-                    client=1,
-                    code_client="-1",
-                )
+            # A dry run writes nothing, not even a note: it asks Dolibarr.
+            earlier = (
+                None if context.dry_run else creation_note(kind=DOLIBARR_KIND, ref_ext=ref_ext)
+            )
+            if earlier is not None and earlier.remote_id:
+                noted_id = earlier.remote_id
+            else:
+                if earlier is not None or candidates is None:
+                    # An earlier create's outcome is unknown, or this is a retry: ask.
+                    candidates = dolibarr.find_thirdparties(ref_ext=ref_ext)
+                if not candidates:
+                    created_id = dolibarr.create_thirdparty(
+                        **fields,
+                        ref_ext=ref_ext,
+                        note_private=f"Stripe customer {customer_id}",
+                        client=1,
+                        code_client="-1",
+                    )
+        # Confirmed after the lane: until then, a holder for the same identity asks Dolibarr.
+        found_id = created_id if created_id is not None else _single_id(candidates)
+        if found_id is not None and not context.dry_run:
+            creation_confirm(kind=DOLIBARR_KIND, ref_ext=ref_ext, remote_id=found_id)
+        if noted_id is not None:
+            candidates = [_noted_thirdparty(context, ref_ext, noted_id)]
     if created_id is None and len(candidates) > 1:
         ids = [thirdparty.id for thirdparty in candidates]
         return NeedsReview(
@@ -167,6 +186,24 @@ def stripe_customer_sync(record: SyncRecord, context: SyncContext) -> Outcome:
             known_unlinked=True,
         )
     return Synced(DOLIBARR_KIND, thirdparty_id)
+
+
+def _single_id(candidates: list[Thirdparty] | None) -> int | None:
+    return candidates[0].id if candidates and len(candidates) == 1 else None
+
+
+def _noted_thirdparty(context: SyncContext, ref_ext: str, thirdparty_id: int) -> Thirdparty:
+    """The thirdparty another record created for this identity after this one looked."""
+    try:
+        return context.dolibarr.get_thirdparty(thirdparty_id=thirdparty_id)
+    except NotFoundError as exc:
+        # Deleted in Dolibarr since: forget the note; the next attempt asks Dolibarr.
+        creation_forget(kind=DOLIBARR_KIND, ref_ext=ref_ext)
+        raise TransientError(
+            f"thirdparty {thirdparty_id} ({ref_ext}) was created by this console but is no "
+            "longer in Dolibarr; it will be looked up again",
+            system="dolibarr",
+        ) from exc
 
 
 def _update_thirdparty(
