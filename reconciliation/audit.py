@@ -36,29 +36,11 @@ def _target(target: models.Model | tuple[str, str] | None) -> tuple[str, str, st
     return target._meta.model_name, str(target.pk), str(target)[:300]
 
 
-def audit_record(
-    *,
-    action: str,
-    actor=None,
-    actor_type: str | None = None,
-    actor_label: str = "",
-    target: models.Model | tuple[str, str] | None = None,
-    before: dict[str, Any] | None = None,
-    after: dict[str, Any] | None = None,
-    reason: str = "",
-) -> AuditEvent:
-    """Append one audit event. `actor` is a user (a human decision) or None (the system).
-    `target` is a model instance or a (kind, identity) pair for remote objects."""
-    event = audit_event(
-        action=action,
-        actor=actor,
-        actor_type=actor_type,
-        actor_label=actor_label,
-        target=target,
-        before=before,
-        after=after,
-        reason=reason,
-    )
+def audit_record(**fields: Any) -> AuditEvent:
+    """Append one audit event, built from `audit_event`'s arguments: `actor` is a user (a human
+    decision) or None (the system); `target` is a model instance or a (kind, identity) pair for
+    remote objects."""
+    event = audit_event(**fields)
     event.save()
     return event
 
