@@ -356,11 +356,54 @@ def test_two_stripe_customers_of_one_organisation_share_one_thirdparty(context, 
     first.refresh_from_db()
     second.refresh_from_db()
     assert (first.state, first.dolibarr_id) == (SyncState.SYNCED, thirdparty.id)
-    # One Stripe link per thirdparty: the second customer is a decision for a person.
-    assert (second.state, second.dolibarr_id) == (SyncState.NEEDS_REVIEW, thirdparty.id), (
-        second.last_error
+    assert (second.state, second.dolibarr_id) == (SyncState.SYNCED, thirdparty.id)
+    assert not second.mismatches.exists()
+
+
+def test_the_second_stripe_customer_of_an_organisation_leaves_the_first_ones_link(
+    context, dolibarr_client
+):
+    first = _record("customer", organisation=lambda s: "ap24_org_id" in s["metadata"])
+    _second_customer_of(first, "cus_SecondOfTheOrg")
+    ref_ext = f"ap24-org-{first.snapshot['metadata']['ap24_org_id']}"
+
+    sync_due(context=context, kinds=["customer"])
+
+    [thirdparty] = dolibarr_client.find_thirdparties(ref_ext=ref_ext)
+    # One Stripe link per thirdparty: the one that came first keeps it.
+    assert dolibarr_client.stripe_link(thirdparty_id=thirdparty.id).customer_id == first.external_id
+
+
+def _of_an_organisation(invoice_snapshot):
+    customer = SyncRecord.objects.get(kind="customer", external_id=invoice_snapshot["customer"])
+    return "ap24_org_id" in customer.snapshot["metadata"]
+
+
+def test_an_invoice_of_an_organisations_second_stripe_customer_goes_to_its_thirdparty(
+    context, dolibarr_client
+):
+    open_invoice = _record(
+        "invoice",
+        status=lambda s: s["status"] == "open",
+        currency=lambda s: s["currency"] == "eur",
+        organisation=_of_an_organisation,
     )
-    assert second.mismatches.get().kind == MismatchKind.CUSTOMER_CONFLICT
+    first = SyncRecord.objects.get(kind="customer", external_id=open_invoice.snapshot["customer"])
+    second = _second_customer_of(first, "cus_SecondOfTheOrg")
+    snapshot = {
+        **open_invoice.snapshot,
+        "id": "in_OfTheSecondCustomer",
+        "customer": second.external_id,
+        "number": "SECOND-0001",
+    }
+    record_observe(source="stripe", kind="invoice", external_id=snapshot["id"], snapshot=snapshot)
+
+    sync_until_settled(context)
+
+    invoice = _invoice(dolibarr_client, "in_OfTheSecondCustomer")
+    first.refresh_from_db()
+    assert invoice.thirdparty_id == first.dolibarr_id
+    assert invoice.status == InvoiceStatus.VALIDATED
 
 
 def test_a_customer_whose_thirdparty_creation_went_unanswered_adopts_it_on_retry(

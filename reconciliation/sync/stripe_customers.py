@@ -24,7 +24,7 @@ from typing import Any
 
 from reconciliation.connectors.dolibarr_types import Thirdparty
 from reconciliation.errors import NotFoundError, TransientError
-from reconciliation.models import MismatchKind, SyncRecord
+from reconciliation.models import MismatchKind, Source, SyncRecord
 from reconciliation.services.creations import creation_confirm, creation_forget, creation_note
 from reconciliation.sync.base import (
     MismatchSpec,
@@ -35,6 +35,7 @@ from reconciliation.sync.base import (
     Synced,
     handler,
 )
+from reconciliation.sync.dependencies import snapshot_of
 from reconciliation.sync.known import Wanted, find_thirdparties, wants
 
 DOLIBARR_KIND = "thirdparty"
@@ -158,6 +159,11 @@ def stripe_customer_sync(record: SyncRecord, context: SyncContext) -> Outcome:
         _update_thirdparty(thirdparty, customer, context, last_write_wins=not shared)
         link = dolibarr.stripe_link(thirdparty_id=thirdparty_id)
     if link is not None and link.customer_id != customer_id:
+        if shared and _same_identity(link.customer_id, ref_ext):
+            # Another Stripe customer of the same organisation or user holds the thirdparty's
+            # one Stripe link: this one is mapped to the same thirdparty by its own record, so
+            # its invoices and payments land there too; the link is left as it is.
+            return Synced(DOLIBARR_KIND, thirdparty_id)
         return NeedsReview(
             reason=f"thirdparty {thirdparty_id} is linked to Stripe customer {link.customer_id}",
             mismatch=MismatchSpec(
@@ -186,6 +192,13 @@ def stripe_customer_sync(record: SyncRecord, context: SyncContext) -> Outcome:
             known_unlinked=True,
         )
     return Synced(DOLIBARR_KIND, thirdparty_id)
+
+
+def _same_identity(customer_id: str, ref_ext: str) -> bool:
+    """Whether `customer_id` is a Stripe customer this console knows as the identity `ref_ext`
+    (one Aipress24 organisation with two Stripe customers, say)."""
+    snapshot = snapshot_of(source=Source.STRIPE, kind="customer", external_id=customer_id)
+    return snapshot is not None and thirdparty_ref_ext(snapshot) == ref_ext
 
 
 def _single_id(candidates: list[Thirdparty] | None) -> int | None:
