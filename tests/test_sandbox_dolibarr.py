@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 
+from reconciliation.sandbox.base import Faults, Request, Response, SandboxServer
 from reconciliation.sandbox.dolibarr import DolibarrSandbox
 
 DAY = 1795219200  # 2026-11-21T00:00:00Z, the day of the recordings
@@ -158,24 +158,53 @@ def test_latency_knob_delays_every_answer(api, dolibarr_sandbox: DolibarrSandbox
     assert time.monotonic() - started >= 0.15
 
 
+class _FakeClock:
+    """Stands for the sandbox's `time` module: `sleep` advances `now`, nothing really waits."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+    def monotonic(self) -> float:
+        return self.now
+
+
 def test_numbering_window_is_spent_out_of_the_latency(
     api, dolibarr_sandbox: DolibarrSandbox, monkeypatch
 ) -> None:
     # The latency is the server's whole time per request: a validation's numbering window is
-    # part of it, so the sandbox sleeps 50 ms in all for it, not 50 + 30.
-    slept: list[float] = []
-    monkeypatch.setattr(
-        "reconciliation.sandbox.base.time",
-        types.SimpleNamespace(sleep=lambda seconds: slept.append(seconds)),
-    )
+    # part of it, so the request takes 50 ms in all, not 50 + 30.
+    clock = _FakeClock()
+    monkeypatch.setattr("reconciliation.sandbox.base.time", clock)
     socid = customer(api)
     draft = draft_invoice(api, socid)
     dolibarr_sandbox.numbering_window_ms = 30
     dolibarr_sandbox.faults.update(latency_ms=50)
-    slept.clear()
+    before = clock.now
     assert api("POST", f"/invoices/{draft}/validate").status_code == 200
-    assert sum(slept) == pytest.approx(0.050)
-    assert pytest.approx(0.030) in slept
+    assert clock.now - before == pytest.approx(0.050)
+    assert pytest.approx(0.030) in clock.slept
+
+
+def test_the_sandboxs_own_work_is_spent_out_of_the_latency(monkeypatch) -> None:
+    # 3 ms of handler work (stood for by the fake clock) inside a 20 ms latency: 20 ms in all.
+    clock = _FakeClock()
+    monkeypatch.setattr("reconciliation.sandbox.base.time", clock)
+
+    def work(request: Request) -> Response:
+        clock.now += 0.003
+        return Response.json({"ok": True})
+
+    server = SandboxServer(faults=Faults(latency_ms=20))
+    server.router.add("GET", "/work", work)
+    with server:
+        before = clock.now
+        assert requests.get(f"{server.base_url}/work", timeout=10).json() == {"ok": True}
+    assert clock.now - before == pytest.approx(0.020)
 
 
 def test_error_knob_answers_500_and_does_nothing(api, dolibarr_sandbox: DolibarrSandbox) -> None:

@@ -97,9 +97,10 @@ class Faults:
     """Knobs, changeable while the server runs (tests and benchmarks set them through the
     object or the `/_sandbox/faults` control endpoint).
 
-    - latency_ms: the time every request takes on top of the sandbox's own work: the
-      server's time per request. A handler's modelled pauses (the Dolibarr numbering window)
-      are spent out of it, not added to it (`SandboxServer.spend_latency`).
+    - latency_ms: the time every request takes: the real server's whole time per request. The
+      sandbox's own work on a request (up to `SandboxServer.latency_reserve_seconds` of it) and
+      a handler's modelled pauses (the Dolibarr numbering window) are spent out of it, not
+      added to it (`SandboxServer.handle`).
     - error_rate: probability of answering 500 without doing anything.
     - timeout_rate: probability of sleeping `timeout_seconds` and then closing without an answer,
       nothing done (a client with a shorter read timeout sees a timeout).
@@ -219,8 +220,11 @@ class SandboxServer:
     name = "sandbox"
     # How often the serving thread checks for `stop()`; stopping waits up to this long.
     poll_interval = 0.5
-    # Seconds of a request's latency held back for `spend_latency` (a subclass's modelled pause).
-    latency_reserve_seconds = 0.0
+    # The last part of every request's latency, held back for the handler: its own work and its
+    # modelled pauses (`spend_latency`) are spent out of it, so that a request takes the
+    # latency, not the latency plus the sandbox's Python time. A subclass with longer modelled
+    # pauses holds back more.
+    latency_reserve_seconds = 0.005
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, faults: Faults | None = None):
         self.host, self.port = host, port
@@ -228,7 +232,6 @@ class SandboxServer:
         self.router = Router()
         self.request_count = 0
         self._count_lock = threading.Lock()
-        self._owed = threading.local()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.router.add("GET", "/_sandbox/faults", self._faults_get)
@@ -299,28 +302,26 @@ class SandboxServer:
         is_control = request.path.startswith("/_sandbox/")
         fault = None if is_control else self.faults.draw()
         latency = 0.0 if is_control else self.faults.latency_ms / 1000
-        # Part of the latency is kept back for the handler's modelled pauses; what they leave
-        # unspent is slept once the handler is done, so every request takes the latency.
+        # The latency less the reserve is slept first; the handler's work and pauses then spend
+        # the reserve, and what they leave is slept after, so every request takes the latency
+        # (or the handler's time, when that is longer than the reserve).
         reserve = min(latency, self.latency_reserve_seconds)
         if latency > reserve:
             time.sleep(latency - reserve)
-        self._owed.seconds = reserve
+        started = time.monotonic()
         try:
             return self._handle_after_latency(request, fault, is_control)
         finally:
-            owed, self._owed.seconds = self._owed.seconds, 0.0
-            if owed > 0:
-                time.sleep(owed)
+            left = reserve - (time.monotonic() - started)
+            if left > 0:
+                time.sleep(left)
 
     def spend_latency(self, seconds: float) -> None:
-        """Sleep `seconds` inside a handler (a modelled pause of the real server), counting it
-        against the request's latency: the request does not take longer than the latency
-        because of it, unless the pause is longer."""
-        if seconds <= 0:
-            return
-        owed = getattr(self._owed, "seconds", 0.0)
-        self._owed.seconds = max(0.0, owed - seconds)
-        time.sleep(seconds)
+        """Sleep `seconds` inside a handler (a modelled pause of the real server). Like the
+        handler's own work it is spent out of the request's latency (`handle`): the request does
+        not take longer than the latency because of it, unless it is longer than the reserve."""
+        if seconds > 0:
+            time.sleep(seconds)
 
     def _handle_after_latency(
         self, request: Request, fault: str | None, is_control: bool

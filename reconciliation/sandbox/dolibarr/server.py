@@ -87,7 +87,7 @@ class DolibarrSandbox(SandboxServer):
 
     @property
     def latency_reserve_seconds(self) -> float:  # type: ignore[override]
-        return self.numbering_window_ms / 1000
+        return max(SandboxServer.latency_reserve_seconds, self.numbering_window_ms / 1000)
 
     def numbering_pause(self) -> None:
         """The PHP read-then-insert gap of the numbering modules; never hold the lock here.
