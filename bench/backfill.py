@@ -1,7 +1,7 @@
 """Backfill benchmark (issue 3): a generated Stripe history pulled, then synced into the sandbox
 Dolibarr answering every request 20 ms late, with the default settings.
 
-    .venv/bin/python bench/backfill.py [--invoices 2000] [--latency-ms 20]
+    .venv/bin/python bench/backfill.py [--invoices 2000] [--latency-ms 20] [--refund-share 0.10]
         [--database-url postgresql://postgres@127.0.0.1:5432/postgres] [--workers N]
         [--batched-fee-lookups]
 
@@ -51,12 +51,22 @@ NUMBERED = (
     "POST /thirdparties",
 )
 SANDBOX_START_TIMEOUT = 600.0  # generating 20,000 invoices takes about 40 s
+STEPS: Counter[tuple[str, str]] = Counter()
+STEPS_LOCK = threading.Lock()
+# Sandbox processes by name ("Dolibarr", "Stripe"), for their CPU time.
+SANDBOX_PIDS: dict[str, int] = {}
 
 
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--invoices", type=int, default=2000, help="paid invoices wanted")
     parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument(
+        "--refund-share",
+        type=float,
+        default=0.10,
+        help="share of paid invoices refunded (the issue's scenario: 10 %%)",
+    )
     parser.add_argument(
         "--database-url",
         default="postgresql://postgres@127.0.0.1:5432/postgres",
@@ -79,6 +89,7 @@ def parse_arguments() -> argparse.Namespace:
 def sandbox_process(command: list[str], prefix: str) -> Iterator[str]:
     """Start a sandbox, read its first line (`… listening on <url>`), stop it at the end."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    SANDBOX_PIDS[prefix.split()[0]] = process.pid
     try:
         line = _first_line(process, SANDBOX_START_TIMEOUT)
         if not line.startswith(prefix):
@@ -102,6 +113,16 @@ def _first_line(process: subprocess.Popen, timeout: float) -> str:
 
 
 # --- measuring ---------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time of this process (or of `pid`, from /proc) so far."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class RssSampler:
@@ -182,6 +203,32 @@ def instrument_handlers() -> None:
 
     engine.known_objects_lookup = batched
 
+    # The engine's own steps around the handlers: claiming, looking up, recording outcomes.
+    def timed(step, function, kind_of):
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                with STEPS_LOCK:
+                    STEPS[(kind_of(args, kwargs), step)] += time.perf_counter() - started
+
+        return wrapper
+
+    last_kind = threading.local()
+
+    def claim_kind(args, kwargs):
+        last_kind.value = "+".join(kwargs.get("kinds") or ["all"])
+        return last_kind.value
+
+    def current_kind(args, kwargs):
+        return getattr(last_kind, "value", "engine")
+
+    engine.records_claim_due = timed("claim", engine.records_claim_due, claim_kind)
+    engine._look_up = timed("look-up", engine._look_up, current_kind)
+    engine.records_mark_settled = timed("settle batch", engine.records_mark_settled, current_kind)
+    engine._settle = timed("settle one", engine._settle, current_kind)
+
 
 def batch_fee_lookups(stripe_account: dict[str, int]) -> None:
     """What-if: the engine's batched look-up also returns the fee lines of the batch's
@@ -258,8 +305,10 @@ def main() -> int:
     stripe_command = [sys.executable, "-m", "reconciliation.sandbox.stripe", "--port", "0"]
     stripe_command += ["--api-key", STRIPE_KEY, "--seed", str(SEED)]
     stripe_command += ["--customers", str(customers), "--months", str(MONTHS)]
+    stripe_command += ["--refund-share", str(options.refund_share)]
     print(
-        f"dataset: seed {SEED}, {customers} customers, {MONTHS} months from 2025-11-01; "
+        f"dataset: seed {SEED}, {customers} customers, {MONTHS} months from 2025-11-01, "
+        f"{options.refund_share:.0%} of paid invoices refunded; "
         f"Dolibarr latency {options.latency_ms:g} ms",
         flush=True,
     )
@@ -373,9 +422,13 @@ def measure(options: argparse.Namespace) -> int:
         client.reset_call_counts()
         by_kind.clear()
         rss.phase = "sync"
+        dolibarr_pid = SANDBOX_PIDS.get("Dolibarr")
+        cpu_before = cpu_seconds(), cpu_seconds(dolibarr_pid) if dolibarr_pid else 0.0
         started = time.perf_counter()
         counts = sync_due(context=context)
         sync_seconds = time.perf_counter() - started
+        cpu_sync = cpu_seconds() - cpu_before[0]
+        cpu_dolibarr = (cpu_seconds(dolibarr_pid) if dolibarr_pid else 0.0) - cpu_before[1]
         sync_started = started
         sync_calls = Counter(client.call_counts)
         sync_by_kind = Counter(by_kind)
@@ -418,9 +471,14 @@ def measure(options: argparse.Namespace) -> int:
     print(f"records by kind and state: {dict(sorted(states.items()))}")
     print(f"second pass: {dict(second)}")
     print(
-        f"paid invoices synced: {paid_synced}; new customers: {customers_new}; refunds: {refunds}"
+        f"paid invoices synced: {paid_synced}; new customers: {customers_new}; refunds synced "
+        f"(credit notes): {refunds} = {refunds / max(1, paid_synced):.1%} of the paid invoices"
     )
     print(f"sync wall time: {sync_seconds:.1f} s -> {rate:.2f} paid invoices/s")
+    print(
+        f"CPU during the sync: this process {cpu_sync:.1f} s ({cpu_sync / sync_seconds:.0%} of "
+        f"one core), Dolibarr sandbox {cpu_dolibarr:.1f} s ({cpu_dolibarr / sync_seconds:.0%})"
+    )
     print(
         f"Dolibarr calls: {total_calls} = {total_calls / max(1, paid_synced):.2f} per paid invoice"
     )
@@ -462,6 +520,9 @@ def measure(options: argparse.Namespace) -> int:
             f"in handlers {CLOCK.busy[kind]:7.1f} s, lane held {lane.held_by_kind[kind]:6.1f} s "
             f"({lane.held_by_kind[kind] / span if span else 0:.0%} of the span)"
         )
+    print("engine steps (seconds summed over workers, per claimed phase):")
+    for (kind, step), seconds in sorted(STEPS.items()):
+        print(f"    {kind:40} {step:14} {seconds:7.1f} s")
     mismatches = Counter(Mismatch.objects.values_list("kind", "record__kind"))
     print(f"mismatches (kind, record kind): {dict(sorted(mismatches.items()))}")
     print(
