@@ -1,6 +1,8 @@
+import threading
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 
 from reconciliation.errors import InvalidTransition
 from reconciliation.models import AuditEvent, SyncRecord, SyncState
@@ -14,6 +16,7 @@ from reconciliation.services.records import (
     record_observe,
     record_retry,
     records_claim_due,
+    records_observe,
 )
 
 pytestmark = pytest.mark.django_db
@@ -156,3 +159,85 @@ def test_a_record_that_syncs_after_review_closes_its_mismatch(django_user_model)
     assert AuditEvent.objects.filter(
         action="mismatch.closed_automatically", target_id=str(mismatch.pk)
     ).exists()
+
+
+# -- a page of objects at once (`records_observe`) ---------------------------------------------
+
+
+def _observe_page(objects):
+    return records_observe(source="stripe", kind="invoice", objects=objects)
+
+
+def test_a_page_of_new_objects_becomes_pending_records_each_audited():
+    outcomes = _observe_page([(f"in_{n}", {"n": n}) for n in range(3)])
+    assert outcomes == [Observed.NEW] * 3
+    records = SyncRecord.objects.order_by("external_id")
+    assert [(r.external_id, r.state, r.snapshot) for r in records] == [
+        (f"in_{n}", SyncState.PENDING, {"n": n}) for n in range(3)
+    ]
+    observed = AuditEvent.objects.filter(action="record.observed")
+    assert sorted(observed.values_list("target_id", flat=True)) == sorted(
+        str(r.pk) for r in records
+    )
+
+
+def test_a_page_says_new_changed_or_unchanged_for_each_object_in_order():
+    settled = _observe({"status": "open"}, external_id="in_settled")
+    record_claim(record_id=settled.pk)
+    record_mark_synced(record_id=settled.pk, dolibarr_kind="invoice", dolibarr_id=7)
+    _observe({"same": True}, external_id="in_same")
+
+    outcomes = _observe_page(
+        [("in_new", {"a": 1}), ("in_settled", {"status": "paid"}), ("in_same", {"same": True})]
+    )
+
+    assert outcomes == [Observed.NEW, Observed.CHANGED, Observed.UNCHANGED]
+    settled.refresh_from_db()
+    assert (settled.state, settled.snapshot, settled.dolibarr_id) == (
+        SyncState.PENDING,
+        {"status": "paid"},
+        7,
+    )
+    assert AuditEvent.objects.filter(
+        action="record.source_changed", target_id=str(settled.pk)
+    ).exists()
+
+
+def test_a_page_of_a_hundred_objects_takes_a_handful_of_queries(django_assert_max_num_queries):
+    _observe_page([(f"in_{n}", {"n": n}) for n in range(50)])
+    page = [(f"in_{n}", {"n": n, "v": 2}) for n in range(50)]
+    page += [(f"in_{n}", {"n": n}) for n in range(50, 100)]
+    # Savepoint, select, update of the changed, insert of the new, insert of the audits.
+    with django_assert_max_num_queries(8):
+        outcomes = _observe_page(page)
+    assert outcomes == [Observed.CHANGED] * 50 + [Observed.NEW] * 50
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_page_another_writer_created_a_record_of_is_stored_object_by_object(monkeypatch):
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite takes one writer at a time; CI runs this on PostgreSQL")
+    bulk_create = SyncRecord.objects.bulk_create
+
+    def webhook() -> None:
+        try:
+            _observe({"from": "webhook"}, external_id="in_2")
+        finally:
+            connection.close()
+
+    def raced(records, *args, **kwargs):
+        # Another writer (a webhook, on its own connection) creates one of the records after
+        # the page looked for them.
+        monkeypatch.setattr(SyncRecord.objects, "bulk_create", bulk_create)
+        writer = threading.Thread(target=webhook)
+        writer.start()
+        writer.join()
+        return bulk_create(records, *args, **kwargs)
+
+    monkeypatch.setattr(SyncRecord.objects, "bulk_create", raced)
+
+    outcomes = _observe_page([("in_1", {"a": 1}), ("in_2", {"from": "pull"})])
+
+    assert outcomes == [Observed.NEW, Observed.CHANGED]
+    assert SyncRecord.objects.get(external_id="in_2").snapshot == {"from": "pull"}
+    assert SyncRecord.objects.count() == 2

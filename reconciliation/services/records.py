@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -72,6 +72,83 @@ def record_observe(
             )
             return record, Observed.CHANGED
         return record, Observed.UNCHANGED
+
+
+def records_observe(
+    *, source: str, kind: str, objects: Sequence[tuple[str, dict]]
+) -> list[Observed]:
+    """`record_observe` for a page of objects of one kind, in one transaction and a handful of
+    statements (a backfill pulls thousands): the same records, states and audit events, one
+    outcome per object in order. Should another writer create one of these records meanwhile
+    (a webhook), the page is stored one object at a time instead."""
+    latest = {str(external_id): snapshot for external_id, snapshot in objects}
+    try:
+        with transaction.atomic():
+            outcomes = _observe_page(source, kind, latest)
+    except IntegrityError:
+        outcomes = {
+            external_id: record_observe(
+                source=source, kind=kind, external_id=external_id, snapshot=snapshot
+            )[1]
+            for external_id, snapshot in latest.items()
+        }
+    return [outcomes[str(external_id)] for external_id, _ in objects]
+
+
+def _observe_page(source: str, kind: str, latest: dict[str, dict]) -> dict[str, Observed]:
+    existing = {
+        record.external_id: record
+        for record in SyncRecord.objects.select_for_update().filter(
+            source=source, kind=kind, external_id__in=list(latest)
+        )
+    }
+    outcomes: dict[str, Observed] = {}
+    events = []
+    changed: list[SyncRecord] = []
+    for external_id, snapshot in latest.items():
+        record = existing.get(external_id)
+        if record is None:
+            continue
+        before = _state_of(record)
+        if record.observe(snapshot):
+            changed.append(record)
+            events.append(
+                audit_event(
+                    action="record.source_changed",
+                    target=record,
+                    before=before,
+                    after=_state_of(record),
+                )
+            )
+            outcomes[external_id] = Observed.CHANGED
+        else:
+            outcomes[external_id] = Observed.UNCHANGED
+    if changed:
+        now = timezone.now()
+        for record in changed:
+            record.updated_at = now  # `auto_now` is not applied by bulk_update
+        SyncRecord.objects.bulk_update(
+            changed,
+            ["snapshot", "snapshot_hash", "state", "attempts", "next_attempt_at", "updated_at"],
+        )
+    created = SyncRecord.objects.bulk_create(
+        [
+            SyncRecord(
+                source=source,
+                kind=kind,
+                external_id=external_id,
+                snapshot=snapshot,
+                snapshot_hash=snapshot_hash(snapshot),
+            )
+            for external_id, snapshot in latest.items()
+            if external_id not in existing
+        ]
+    )
+    for record in created:
+        events.append(audit_event(action="record.observed", target=record, after=_state_of(record)))
+        outcomes[record.external_id] = Observed.NEW
+    audit_records(events)
+    return outcomes
 
 
 def record_claim(*, record_id: int) -> SyncRecord:
@@ -383,4 +460,5 @@ __all__ = [
     "record_retry",
     "records_claim_due",
     "records_mark_settled",
+    "records_observe",
 ]

@@ -7,8 +7,9 @@ seen again are harmless: an unchanged snapshot writes nothing. Objects that chan
 creation (an invoice paid later) come back through events and webhooks (the Stripe sync issue),
 and through a full rescan (`full=True`).
 
-Network reads happen between transactions: each object is stored in its own short transaction
-by `record_observe`, never while a page is being fetched.
+Network reads happen between transactions: each page of objects (`OBSERVE_PAGE`, Stripe's own
+page size) is stored in one short transaction by `records_observe`, never while a page is being
+fetched.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from typing import Any
 from reconciliation.connectors.stripe import StripeConnector
 from reconciliation.errors import RemoteError
 from reconciliation.models import RunState, Source, SyncRun, Trigger
-from reconciliation.services.records import record_observe
+from reconciliation.services.records import records_observe
 from reconciliation.services.runs import run_finish, run_start
 
 logger = logging.getLogger(__name__)
 
 OVERLAP_SECONDS = 300
+# Objects stored per transaction: Stripe lists 100 a page.
+OBSERVE_PAGE = 100
 
 
 @dataclass(frozen=True)
@@ -83,17 +86,31 @@ def stripe_stream_pull(
         created_gte = None
     counts: Counter[str] = Counter()
     newest = mark or 0
+    page: list[dict[str, Any]] = []
+
+    def store() -> None:
+        # One page of objects in one transaction (`records_observe`), not one per object.
+        nonlocal newest
+        if not page:
+            return
+        outcomes = records_observe(
+            source=Source.STRIPE, kind=spec.kind, objects=[(obj["id"], obj) for obj in page]
+        )
+        counts["seen"] += len(page)
+        counts.update(outcome.value for outcome in outcomes)
+        newest = max([newest, *(int(obj.get("created") or 0) for obj in page)])
+        if progress is not None:
+            progress(len(page))
+        page.clear()
+
     try:
         for obj in spec.fetch(connector, created_gte=created_gte):
-            _, outcome = record_observe(
-                source=Source.STRIPE, kind=spec.kind, external_id=obj["id"], snapshot=obj
-            )
-            counts["seen"] += 1
-            counts[outcome.value] += 1
-            newest = max(newest, int(obj.get("created") or 0))
-            if progress is not None:
-                progress(1)
+            page.append(obj)
+            if len(page) >= OBSERVE_PAGE:
+                store()
+        store()
     except RemoteError as exc:
+        store()  # what was read before the failure is kept
         logger.warning("%s failed after %d objects: %s", spec.job, counts["seen"], exc)
         run_finish(run=run, state=RunState.FAILED, counts=dict(counts), error=str(exc))
         raise
