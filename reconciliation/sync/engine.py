@@ -11,7 +11,8 @@ Records are processed in dependency order, phase by phase: customers, then invoi
 what points at invoices (refunds, charges, payment intents). Kinds that depend on no other
 record and take no lane (fee lines and payouts: `INDEPENDENT_KINDS`) do not wait for their
 turn: a share of the workers (`side_workers`) works on them from the start, alongside the
-phases that hold the lane, and the rest join them once those phases are done. In a phase of
+phases that hold the lane, and the rest join them once those phases are done (or they join
+the rest, at the next phase, when they run out of independent records first). In a phase of
 several kinds each worker starts on a different one. Synced and skipped outcomes are recorded
 per batch, in one transaction (`records_mark_settled`). A record whose dependency is still
 missing says `Waiting` and comes back later without losing an attempt. Draft creations and
@@ -262,8 +263,15 @@ def sync_due(
     }
     phases = _phases(kinds)
     side: _SidePhase | None = None
+    side_started = False
     try:
         for index, phase in enumerate(phases):
+            if side is not None and side.finished():
+                # Its workers ran out of independent records before the phases they ran
+                # alongside: they join those. What is left of their kinds (a record that came
+                # due since) is done in its own phase's turn, by every worker.
+                side.join()
+                side = None
             if context.dry_run:
                 _plan_phase(run, context, phase, batch_size)
             elif side is not None and phase == side.phase:
@@ -273,8 +281,9 @@ def sync_due(
                 side = None
                 _await_other_workers(phase, lease)
             else:
-                if side is None and workers > 1:
+                if not side_started and workers > 1:
                     side = _SidePhase.start(run, context, phases[index + 1 :], workers, options)
+                    side_started = True
                 main_workers = workers - side.workers if side is not None else workers
                 _run_phase(run, context, phase, workers=max(1, main_workers), **options)
                 _await_other_workers(phase, lease)
@@ -334,6 +343,9 @@ class _SidePhase:
         for thread in threads:
             thread.start()
         return cls(phase, count, threads)
+
+    def finished(self) -> bool:
+        return not any(thread.is_alive() for thread in self._threads)
 
     def join(self) -> None:
         for thread in self._threads:
