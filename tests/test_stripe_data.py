@@ -303,14 +303,18 @@ def test_no_balance_transaction_is_paid_out_twice(larger_dataset):
     assert len(members) == len(set(members))
 
 
-def test_balance_is_the_sum_of_transactions_by_status(larger_dataset):
+def _assert_balance_is_the_sum_of_transactions(dataset):
     for status in ("available", "pending"):
-        for entry in larger_dataset.balance[status]:
+        for entry in dataset.balance[status]:
             assert entry["amount"] == sum(
                 t["net"]
-                for t in larger_dataset.collections["balance_transactions"]
+                for t in dataset.collections["balance_transactions"]
                 if t["currency"] == entry["currency"] and t["status"] == status
             )
+
+
+def test_balance_is_the_sum_of_transactions_by_status(larger_dataset):
+    _assert_balance_is_the_sum_of_transactions(larger_dataset)
 
 
 def test_one_jpy_and_one_other_non_euro_customer_exist(stripe_dataset):
@@ -436,13 +440,7 @@ def test_refund_share_keeps_payouts_and_balance_consistent():
     for payout in dataset.collections["payouts"]:
         members = [dataset.get(t) for t in dataset.payout_transactions[payout["id"]]]
         assert sum(t["net"] for t in members if t["type"] != "payout") == payout["amount"]
-    for status in ("available", "pending"):
-        for entry in dataset.balance[status]:
-            assert entry["amount"] == sum(
-                t["net"]
-                for t in dataset.collections["balance_transactions"]
-                if t["currency"] == entry["currency"] and t["status"] == status
-            )
+    _assert_balance_is_the_sum_of_transactions(dataset)
 
 
 def test_refund_share_outside_zero_to_one_is_refused():
