@@ -256,10 +256,13 @@ def _subscription_of(invoice: dict[str, Any]) -> str | None:
 
 
 def _listings(dataset: StripeDataset) -> list[Listing]:
-    payout_members = dataset.payout_transactions
+    # Sets: a `?payout=` page tests every balance transaction against one payout's members.
+    payout_members = {
+        payout_id: frozenset(members) for payout_id, members in dataset.payout_transactions.items()
+    }
 
     def in_payout(txn: dict[str, Any], payout_id: str) -> bool:
-        return txn["id"] in payout_members.get(payout_id, ())
+        return txn["id"] in payout_members.get(payout_id, frozenset())
 
     return [
         Listing("customers", "customer", {"email": lambda o, v: o["email"] == v}),
