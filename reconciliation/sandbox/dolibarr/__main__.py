@@ -1,6 +1,7 @@
 """Run the sandbox Dolibarr alone (demo, manual tests, another process's tests):
 
     python -m reconciliation.sandbox.dolibarr --port 0 --api-key KEY [--latency-ms 20] ...
+        [--multicurrency GBP=0.85,USD=1.08,JPY=162]
 
 The first line printed is `Dolibarr sandbox listening on <api url>`; it then serves until
 SIGINT or SIGTERM and exits with status 0.
@@ -10,9 +11,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from decimal import Decimal
 
 from reconciliation.sandbox.base import Faults
+from reconciliation.sandbox.dolibarr.multicurrency import parse_rates
 from reconciliation.sandbox.dolibarr.server import DolibarrSandbox
+
+
+def multicurrency_rates(text: str) -> dict[str, Decimal]:
+    try:
+        return parse_rates(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,6 +53,14 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         default=3.0,
         help="read-then-insert gap of document numbering (races of parallel writes)",
     )
+    parser.add_argument(
+        "--multicurrency",
+        type=multicurrency_rates,
+        default=None,
+        metavar="CODE=RATE,...",
+        help="turn the Multicurrency module on with these currencies and rates "
+        "(units per 1 EUR), e.g. GBP=0.85,USD=1.08,JPY=162; off when not given",
+    )
     return parser.parse_args(argv)
 
 
@@ -63,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         port=options.port,
         faults=faults,
         numbering_window_ms=options.numbering_window_ms,
+        multicurrency=options.multicurrency,
     )
     sandbox.serve_until_signalled(banner=lambda s: f"Dolibarr sandbox listening on {s.api_url}")
     return 0

@@ -11,6 +11,7 @@ from reconciliation.sandbox.base import Request
 from reconciliation.sandbox.dolibarr import documents, views
 from reconciliation.sandbox.dolibarr.errors import ApiError, NotModified, required
 from reconciliation.sandbox.dolibarr.lines import build_lines, copy_line
+from reconciliation.sandbox.dolibarr.multicurrency import company_currency, document_currency
 from reconciliation.sandbox.dolibarr.params import (
     ListQuery,
     body,
@@ -26,12 +27,15 @@ from reconciliation.sandbox.dolibarr.store import (
     Invoice,
     Payment,
     Store,
+    document_currency_totals,
     document_totals,
     now,
 )
 from reconciliation.sandbox.dolibarr.templates import (
     midnight,
     php_string,
+    round_cents,
+    round_unit,
     select_properties,
     sql_date,
     sql_datetime,
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
 SOURCE = "api_invoices.class.php"
 PAIEMENTS = "api_paiements.class.php"
 ZERO = Decimal(0)
+ONE = Decimal(1)
 STATUS_FILTER = {"draft": 0, "unpaid": 1, "paid": 2, "cancelled": 3}
 
 
@@ -124,6 +129,12 @@ def _invoice_columns() -> dict[str, Any]:
         note_private=lambda row: row.note_private,
         note_public=lambda row: row.note_public,
         last_main_doc=lambda row: row.last_main_doc,
+        fk_multicurrency=lambda row: row.fk_multicurrency,
+        multicurrency_code=lambda row: row.currency,
+        multicurrency_tx=lambda row: row.multicurrency_tx,
+        multicurrency_total_ht=lambda row: document_currency_totals(row.lines)[0],
+        multicurrency_total_tva=lambda row: document_currency_totals(row.lines)[1],
+        multicurrency_total_ttc=lambda row: document_currency_totals(row.lines)[2],
     )
     return columns
 
@@ -191,7 +202,9 @@ def broken_invoice_lookup(api: DolibarrSandbox, request: Request) -> None:
 
 def create_invoice(api: DolibarrSandbox, request: Request) -> int:
     """Only `socid` is mandatory; `date` defaults to now. Nothing deduplicates on `ref_ext`
-    (46). Credit notes: `type` 2 + `fk_facture_source`, unit prices stored negative (62)."""
+    (46). Credit notes: `type` 2 + `fk_facture_source`, unit prices stored negative (62).
+    `multicurrency_code` (+ optional `multicurrency_tx`) puts the document in a currency of the
+    Multicurrency module; any other code is silently the company currency (source)."""
     data = body(request)
     if data.get("socid") in (None, ""):
         raise ApiError(400, "socid field missing", source=f"{SOURCE}:1960")
@@ -211,11 +224,17 @@ def create_invoice(api: DolibarrSandbox, request: Request) -> int:
                 ],
             )
         kind = optional_int(data.get("type")) or 0
+        currency = document_currency(
+            store.currencies,
+            code=text(data.get("multicurrency_code")),
+            tx=decimal(data.get("multicurrency_tx"), None),
+        )
         lines = build_lines(
             store,
             data.get("lines"),
             table="facturedet",
             credit_note=kind == 2,
+            multicurrency_tx=currency.tx,
             error_text="Error creating invoice",
             error_source=f"{SOURCE}:420",
         )
@@ -235,6 +254,9 @@ def create_invoice(api: DolibarrSandbox, request: Request) -> int:
             note_private=text(data.get("note_private")),
             note_public=text(data.get("note_public")),
             fk_facture_source=optional_int(data.get("fk_facture_source")),
+            multicurrency_code=currency.code,
+            fk_multicurrency=currency.fk_multicurrency,
+            multicurrency_tx=currency.tx,
         )
         store.add_invoice(row)
         return row.id
@@ -435,7 +457,8 @@ def _payment_arguments(data: dict[str, Any], *, distributed: bool) -> PaymentReq
 
 def pay_remainder(api: DolibarrSandbox, request: Request) -> int:
     """Pays the FULL remaining amount (no amount argument, 52). On a credit note it records the
-    wrong sign (+27 on a -27 credit note, leaving remaintopay "-54": 64, 65)."""
+    wrong sign (+27 on a -27 credit note, leaving remaintopay "-54": 64, 65). Always in the
+    company currency (see docs/sandbox.md for the Multicurrency module)."""
     invoice_id = path_id(request)
     arguments = _payment_arguments(body(request), distributed=False)
     store = api.store
@@ -443,14 +466,16 @@ def pay_remainder(api: DolibarrSandbox, request: Request) -> int:
         row = fetch(store, invoice_id)
         remain = store.invoice_remain(row)
         amount = -remain if row.is_credit_note else remain
-        plan = [(row.id, remain, amount)]
+        plan = [PlannedPart(row.id, remain, amount=amount)]
     return _create_payment(api, plan, arguments)
 
 
 def pay_distributed(api: DolibarrSandbox, request: Request) -> int:
     """Partial or multi-invoice payment with `ref_ext` (55). "remain" pays what is left;
     more than what is left is a 400 unless `accepthigherpayment` (57). A draft can be paid
-    (153). On a credit note a positive amount is stored negative (72)."""
+    (153). On a credit note a positive amount is stored negative (72). An invoice's part is
+    given either as `amount` (company currency) or as `multicurrency_amount` (the invoice's
+    currency, Multicurrency module: source-read), never both."""
     data = body(request)
     arguments = _payment_arguments(data, distributed=True)
     amounts = data["arrayofamounts"]
@@ -465,42 +490,138 @@ def pay_distributed(api: DolibarrSandbox, request: Request) -> int:
             row = store.invoices.get(invoice_id)
             if row is None:
                 raise ApiError(404, f"Invoice ID {key} not found", source=f"{SOURCE}:1837")
-            plan.append(_planned_amount(store, row, spec, accept_higher=accept_higher))
+            plan.append(_planned_part(store, row, spec, accept_higher=accept_higher))
     return _create_payment(api, plan, arguments)
 
 
-def _planned_amount(
-    store: Store, row: Invoice, spec: Any, *, accept_higher: bool
-) -> tuple[int, Decimal, Decimal]:
-    """(invoice id, remain before, amount to store). The remain is read now, before the
-    numbering pause: concurrent identical payments all see the same remain and can overpay
-    (187-192)."""
-    remain = store.invoice_remain(row)
-    due = -remain if row.is_credit_note else remain
+@dataclass(frozen=True)
+class PlannedPart:
+    """One invoice's part of a payment as the API decides it, before the numbering pause:
+    the company-currency remain it saw, and the signed amount in the company currency
+    (`amount`) or in the invoice's own currency (`document_amount`)."""
+
+    invoice_id: int
+    remain: Decimal
+    amount: Decimal | None = None
+    document_amount: Decimal | None = None
+
+
+def _planned_part(store: Store, row: Invoice, spec: Any, *, accept_higher: bool) -> PlannedPart:
+    """The remain is read now, before the numbering pause: concurrent identical payments all
+    see the same remain and can overpay (187-192). A `multicurrency_amount` is checked against
+    the remain in the invoice's currency: its total less the document-currency amounts paid."""
     raw = spec.get("amount") if isinstance(spec, dict) else spec
+    raw_foreign = spec.get("multicurrency_amount") if isinstance(spec, dict) else None
+    if _is_given(raw) and _is_given(raw_foreign):
+        raise ApiError(
+            400,
+            f"Payment in both currency {row.id} ( amount: {_php_text(raw)}, "
+            f"multicurrency_amount: {_php_text(raw_foreign)})",
+            source=f"{SOURCE}:1851",
+        )
+    remain = store.invoice_remain(row)
+    if _is_given(raw_foreign):
+        foreign_remain = store.invoice_remain_in_document_currency(row)
+        due = -foreign_remain if row.is_credit_note else foreign_remain
+        # price2num(…, 'MT'): the document amount is rounded to the cent before anything else.
+        amount = due if raw_foreign == "remain" else round_cents(decimal(raw_foreign) or ZERO)
+        _refuse_overpayment(row, amount, due, accept_higher=accept_higher)
+        signed = -amount if row.is_credit_note else amount
+        return PlannedPart(row.id, remain, document_amount=signed)
+    due = -remain if row.is_credit_note else remain
     if raw == "remain":
         amount = due
     else:
         amount = decimal(raw, ZERO) or ZERO
-        if amount > due and not accept_higher:
-            raise ApiError(
-                400,
-                f"Payment amount on invoice ID {row.id} ({php_string(amount)}) is higher than "
-                f"remain to pay ({php_string(due)})",
-                source=f"{SOURCE}:1869",
-            )
-    return row.id, remain, -amount if row.is_credit_note else amount
+        _refuse_overpayment(row, amount, due, accept_higher=accept_higher)
+    return PlannedPart(row.id, remain, amount=-amount if row.is_credit_note else amount)
+
+
+def _is_given(value: Any) -> bool:
+    """The API's `== "remain" || > 0` test of an amount: "" and 0 are not given."""
+    return value == "remain" or (decimal(value) or ZERO) > 0
+
+
+def _php_text(value: Any) -> str:
+    """A decoded JSON value as PHP concatenates it into a message."""
+    if value is None or value is False:
+        return ""
+    if value is True:
+        return "1"
+    if isinstance(value, Decimal):
+        return php_string(value)
+    return str(value)
+
+
+def _refuse_overpayment(
+    row: Invoice, amount: Decimal, due: Decimal, *, accept_higher: bool
+) -> None:
+    if amount > due and not accept_higher:
+        raise ApiError(
+            400,
+            f"Payment amount on invoice ID {row.id} ({php_string(amount)}) is higher than "
+            f"remain to pay ({php_string(due)})",
+            source=f"{SOURCE}:1869",
+        )
+
+
+@dataclass(frozen=True)
+class PaidPart:
+    """One llx_paiement_facture row: the amount in the company currency and in the invoice's."""
+
+    invoice_id: int
+    amount: Decimal
+    document_amount: Decimal
+
+
+def _in_document_currency(store: Store, plan: list[PlannedPart]) -> bool:
+    """Paiement::getWay: with the module on, one document-currency amount makes the whole
+    payment one in the invoices' currency; with it off such amounts are dropped."""
+    return store.multicurrency_enabled and any(part.document_amount for part in plan)
+
+
+def _paid_parts(
+    plan: list[PlannedPart], invoices: list[Invoice], *, in_document_currency: bool
+) -> tuple[list[PaidPart], Decimal, Decimal]:
+    """Paiement::create: (the llx_paiement_facture rows, llx_paiement.amount,
+    llx_paiement.multicurrency_amount).
+
+    A document-currency amount m is converted with the invoice's rate to price2num(m / tx, 'MU')
+    (5 decimals): the payment's `amount` sums those, while the invoice's row keeps them rounded
+    to the cent. A company-currency amount a on an invoice in another currency is converted the
+    other way (a x tx). At rate 1 nothing is converted: today's company-currency payments."""
+    parts: list[PaidPart] = []
+    total = document_total = ZERO
+    for part, row in zip(plan, invoices, strict=True):
+        tx = row.multicurrency_tx
+        if in_document_currency:
+            if part.document_amount:
+                converted = round_unit(part.document_amount / tx)
+                parts.append(PaidPart(row.id, round_cents(converted), part.document_amount))
+                total += converted
+                document_total += part.document_amount
+            elif part.amount:
+                # Left as the API set it: not converted, and not part of the payment's totals.
+                parts.append(PaidPart(row.id, part.amount, ZERO))
+        elif part.amount is not None:
+            converted = part.amount if tx == ONE else round_unit(part.amount * tx)
+            document_amount = part.amount if tx == ONE else round_cents(converted)
+            parts.append(PaidPart(row.id, part.amount, document_amount))
+            total += part.amount
+            document_total += converted
+    return parts, total, document_total
 
 
 def _create_payment(
-    api: DolibarrSandbox, plan: list[tuple[int, Decimal, Decimal]], arguments: PaymentRequest
+    api: DolibarrSandbox, plan: list[PlannedPart], arguments: PaymentRequest
 ) -> int:
     """Paiement::create + addPaymentToBank. The PAY… number is read before the pause and
     inserted after it; llx_paiement.ref has no unique key, so concurrent payments silently
     share a number (180-184)."""
     store = api.store
-    total = sum((amount for _, _, amount in plan), ZERO)
-    if total == 0:
+    in_document_currency = _in_document_currency(store, plan)
+    entered = [part.document_amount if in_document_currency else part.amount for part in plan]
+    if sum((amount for amount in entered if amount is not None), ZERO) == 0:
         raise ApiError(400, "Payment error : TotalAmountEmpty", source=f"{SOURCE}:1904")
     with store.lock:
         if arguments.accountid not in store.bank_accounts:
@@ -512,10 +633,13 @@ def _create_payment(
     api.numbering_pause()
     with store.lock:
         invoices = [
-            store.invoices[invoice_id] for invoice_id, _, _ in plan if invoice_id in store.invoices
+            store.invoices[part.invoice_id] for part in plan if part.invoice_id in store.invoices
         ]
         if len(invoices) != len(plan):
             raise not_found()
+        parts, total, document_total = _paid_parts(
+            plan, invoices, in_document_currency=in_document_currency
+        )
         payment = Payment(
             id=store.next_id("paiement"),
             ref=candidate,
@@ -523,19 +647,25 @@ def _create_payment(
             amount=total,
             type_id=arguments.paymentid,
             fk_account=arguments.accountid,
-            allocations=[(invoice_id, amount) for invoice_id, _, amount in plan],
+            allocations=[(part.invoice_id, part.amount) for part in parts],
             ref_ext=arguments.ref_ext,
             num_payment=arguments.num_payment,
             note_private=arguments.comment,
+            multicurrency_amount=document_total,
+            multicurrency_allocations={part.invoice_id: part.document_amount for part in parts},
         )
         store.add_payment(payment)
         store.numbering.record("paiement", candidate)
         _write_bank_line(store, payment, invoices, arguments)
         moment = now()
-        for (_, remain, amount), row in zip(plan, invoices, strict=True):
-            # Each request decides on its own view of the remain (192: three 60.00 payments
-            # on a 60.00 invoice, closed as paid).
-            if arguments.closepaidinvoices == "yes" and remain - amount == 0:
+        paid = {part.invoice_id: part.amount for part in parts}
+        for part, row in zip(plan, invoices, strict=True):
+            if row.id not in paid:
+                continue
+            # Each request decides on its own view of the remain (192: three 60.00 payments on
+            # a 60.00 invoice, closed as paid). Only the company-currency remain counts: a
+            # foreign invoice whose converted payments leave a cent stays open (source).
+            if arguments.closepaidinvoices == "yes" and part.remain - paid[row.id] == 0:
                 row.statut, row.paye = 2, 1
             row.date_modification = moment
             # Paiement::create regenerates the invoice PDF (README "Payments").
@@ -547,12 +677,16 @@ def _write_bank_line(
     store: Store, payment: Payment, invoices: list[Invoice], arguments: PaymentRequest
 ) -> None:
     """The `(CustomerInvoicePayment)` line, num_chq = num_payment, linked to the customer and
-    to the payment (162, 163)."""
+    to the payment (162, 163). With the Multicurrency module on, a bank account in another
+    currency than the company's gets the payment's `multicurrency_amount` (source:
+    addPaymentToBank) — whatever the invoices' currency is."""
     credit_note = any(row.is_credit_note for row in invoices)
+    account = store.bank_accounts[payment.fk_account]
+    foreign_account = store.multicurrency_enabled and account.currency_code != company_currency()
     line = store.add_bank_line(
         account_id=payment.fk_account,
         when=payment.datepaye,
-        amount=payment.amount,
+        amount=payment.document_currency_amount if foreign_account else payment.amount,
         fk_type=views.payment_code(payment.type_id) or "",
         label="(CustomerInvoicePaymentBack)" if credit_note else "(CustomerInvoicePayment)",
         num_chq=payment.num_payment or None,
@@ -592,7 +726,7 @@ PAYMENT_COLUMNS: dict[str, Any] = {
     "entity": lambda row: 1,
     "datep": lambda row: sql_datetime(row.datepaye),
     "amount": lambda row: row.amount,
-    "multicurrency_amount": lambda row: row.amount,
+    "multicurrency_amount": lambda row: row.document_currency_amount,
     "fk_paiement": lambda row: row.type_id,
     "num_paiement": lambda row: row.num_payment,
     "note": lambda row: row.note_private,

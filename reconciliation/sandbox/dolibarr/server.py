@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote, urlencode
 
@@ -50,6 +51,12 @@ class DolibarrSandbox(SandboxServer):
     the real server (500 duplicate key for invoices, orders, shipments and thirdparty codes; a
     silently shared `PAY…` ref for payments). Sequential calls never collide. With a latency
     set, the window is spent out of it: a numbered write takes the latency, like any request.
+
+    `multicurrency` switches Dolibarr's Multicurrency module on (None, the default, is the
+    recorded instance: off). `{"GBP": Decimal("0.85"), ...}` puts those currencies and their
+    latest rates (units per 1 unit of the company currency, EUR) in llx_multicurrency, with
+    EUR at 1; `/multicurrencies` then exists and documents and payments can be in those
+    currencies. This mode is read from Dolibarr's source, not recorded (docs/sandbox.md).
     """
 
     name = "dolibarr"
@@ -64,11 +71,12 @@ class DolibarrSandbox(SandboxServer):
         port: int = 0,
         faults: Faults | None = None,
         numbering_window_ms: float = 3.0,
+        multicurrency: Mapping[str, Decimal] | None = None,
     ) -> None:
         super().__init__(host=host, port=port, faults=faults)
         self.api_key = api_key
         self.numbering_window_ms = numbering_window_ms
-        self.store = Store()
+        self.store = Store(multicurrency=multicurrency)
         self.store.seed(bank_account=True)
         self._register_routes()
         self.router.add("POST", "/_sandbox/reset", self._reset_endpoint)
@@ -79,8 +87,8 @@ class DolibarrSandbox(SandboxServer):
         return f"{self.base_url}{API_PREFIX}"
 
     def reset(self, *, bank_account: bool = True) -> None:
-        """Back to a fresh sandbox: the dictionaries, the own company and (unless told not to)
-        the Stripe bank account id 1."""
+        """Back to a fresh sandbox: the dictionaries, the own company, the Multicurrency
+        module's currencies if it is on, and (unless told not to) the Stripe bank account id 1."""
         with self.store.lock:
             self.store.clear()
             self.store.seed(bank_account=bank_account)
@@ -167,6 +175,7 @@ class DolibarrSandbox(SandboxServer):
             api_bank,
             api_documents,
             api_invoices,
+            api_multicurrencies,
             api_sales,
             api_setup,
             api_thirdparties,
@@ -181,6 +190,9 @@ class DolibarrSandbox(SandboxServer):
             api_documents,
         ):
             module.register(self)
+        if self.store.multicurrency_enabled:
+            # The API class of a disabled module is not loaded: its routes are Restler's 404.
+            api_multicurrencies.register(self)
 
 
 def _refused(request: Request, *, paramtype: int, value: str) -> Response:

@@ -17,15 +17,23 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 from reconciliation.sandbox.dolibarr import dictionaries
+from reconciliation.sandbox.dolibarr.multicurrency import (
+    Currency,
+    checked_rates,
+    company_currency,
+    currencies_for,
+)
 from reconciliation.sandbox.dolibarr.sqlfilters import collate, is_number
 from reconciliation.sandbox.dolibarr.templates import midnight, round_cents, yymm
 
 ZERO = Decimal(0)
+ONE = Decimal(1)
 
 
 def now() -> int:
@@ -239,7 +247,10 @@ class Product:
 
 @dataclass
 class Line:
-    """A document line (order, invoice). Totals are computed once, at creation, like Dolibarr."""
+    """A document line (order, invoice). Totals are computed once, at creation, like Dolibarr.
+
+    `multicurrency_subprice` and `multicurrency_totals` (ht, tva, ttc) are the same line in the
+    document's currency; None means the company currency: the company amounts."""
 
     id: int
     fk_product: int | None
@@ -255,6 +266,16 @@ class Line:
     date_start: int | None = None
     date_end: int | None = None
     rang: int = 0
+    multicurrency_subprice: Decimal | None = None
+    multicurrency_totals: tuple[Decimal, Decimal, Decimal] | None = None
+
+    @property
+    def document_currency_subprice(self) -> Decimal:
+        return self.subprice if self.multicurrency_subprice is None else self.multicurrency_subprice
+
+    @property
+    def document_currency_totals(self) -> tuple[Decimal, Decimal, Decimal]:
+        return self.multicurrency_totals or (self.total_ht, self.total_tva, self.total_ttc)
 
 
 @dataclass
@@ -306,6 +327,10 @@ class Invoice(Tracked):
     fk_facture_source: int | None = None
     last_main_doc: str | None = None
     updated_by_put: bool = False
+    # The document currency (Multicurrency module): None = the company currency, rate 1.
+    multicurrency_code: str | None = None
+    fk_multicurrency: int = 0
+    multicurrency_tx: Decimal = ONE
 
     @property
     def display_ref(self) -> str:
@@ -315,9 +340,17 @@ class Invoice(Tracked):
     def is_credit_note(self) -> bool:
         return self.type == 2
 
+    @property
+    def currency(self) -> str:
+        return self.multicurrency_code or company_currency()
+
 
 @dataclass
 class Payment(Tracked):
+    """llx_paiement, with its llx_paiement_facture rows: `allocations` (invoice id, amount in
+    the company currency) and `multicurrency_allocations` (invoice id, amount in the invoice's
+    currency; an invoice missing from it was paid at rate 1: the same amount)."""
+
     id: int
     ref: str
     datepaye: int
@@ -329,6 +362,12 @@ class Payment(Tracked):
     num_payment: str = ""
     note_private: str | None = None
     bank_line_id: int | None = None
+    multicurrency_amount: Decimal | None = None
+    multicurrency_allocations: dict[int, Decimal] = field(default_factory=dict)
+
+    @property
+    def document_currency_amount(self) -> Decimal:
+        return self.amount if self.multicurrency_amount is None else self.multicurrency_amount
 
 
 @dataclass
@@ -486,15 +525,33 @@ def document_totals(lines: list[Line]) -> tuple[Decimal, Decimal, Decimal]:
     )
 
 
+def document_currency_totals(lines: list[Line]) -> tuple[Decimal, Decimal, Decimal]:
+    """`multicurrency_total_ht/_tva/_ttc`: the sums of the lines' document-currency totals."""
+    totals = [line.document_currency_totals for line in lines]
+    return (
+        sum((ht for ht, _, _ in totals), ZERO),
+        sum((tva for _, tva, _ in totals), ZERO),
+        sum((ttc for _, _, ttc in totals), ZERO),
+    )
+
+
 # -- the database ----------------------------------------------------------------------------
 
 
 class Store:
-    """All rows of one sandbox. Callers hold `lock` while they read or write any of it."""
+    """All rows of one sandbox. Callers hold `lock` while they read or write any of it.
 
-    def __init__(self) -> None:
+    `multicurrency`: None when the Multicurrency module is off; else the rates (code -> units
+    per unit of the company currency) that `seed` puts in llx_multicurrency."""
+
+    def __init__(self, *, multicurrency: Mapping[str, Decimal] | None = None) -> None:
         self.lock = threading.RLock()
+        self.multicurrency_rates = None if multicurrency is None else checked_rates(multicurrency)
         self.clear()
+
+    @property
+    def multicurrency_enabled(self) -> bool:
+        return self.multicurrency_rates is not None
 
     def clear(self) -> None:
         self.thirdparties: Table[Thirdparty] = Table("ref_ext", "email")
@@ -508,6 +565,8 @@ class Store:
         self.shipments: Table[Shipment] = Table("ref_ext")
         self.links: dict[int, ElementLink] = {}
         self.files: dict[str, StoredFile] = {}
+        # llx_multicurrency by upper-case code; empty while the module is off.
+        self.currencies: dict[str, Currency] = {}
         self.numbering = Numbering()
         self._auto_increment: dict[str, int] = {}
         self._payments_by_invoice: dict[int, list[tuple[Payment, Decimal]]] = {}
@@ -560,6 +619,23 @@ class Store:
         """getRemainToPay: total_ttc - payments (credit notes applied as discounts and deposits
         would count too; this API never creates them, so totalcreditnotes stays null)."""
         return round_cents(document_totals(invoice.lines)[2] - self.invoice_totalpaid(invoice.id))
+
+    def invoice_totalpaid_in_document_currency(self, invoice_id: int) -> Decimal:
+        """getSommePaiement(1): the sum of llx_paiement_facture.multicurrency_amount."""
+        return sum(
+            (
+                payment.multicurrency_allocations.get(invoice_id, amount)
+                for payment, amount in self._payments_by_invoice.get(invoice_id, [])
+            ),
+            ZERO,
+        )
+
+    def invoice_remain_in_document_currency(self, invoice: Invoice) -> Decimal:
+        """What addPaymentDistributed checks a `multicurrency_amount` against."""
+        return round_cents(
+            document_currency_totals(invoice.lines)[2]
+            - self.invoice_totalpaid_in_document_currency(invoice.id)
+        )
 
     def invoice_payments(self, invoice_id: int) -> list[tuple[Payment, Decimal]]:
         return sorted(
@@ -638,7 +714,10 @@ class Store:
 
     def seed(self, *, bank_account: bool) -> None:
         """A fresh sandbox: the dictionaries are constants; the Stripe bank account id 1 is the
-        one the recorded instance created in exchange 13."""
+        one the recorded instance created in exchange 13; the module's currencies, if it is
+        on."""
+        if self.multicurrency_rates is not None:
+            self.currencies = currencies_for(self.multicurrency_rates, when=now())
         if bank_account:
             self.add_bank_account(
                 ref="STRIPE",

@@ -20,6 +20,7 @@ from typing import Any
 EXCHANGES_DIR = Path(__file__).resolve().parent.parent / "contracts" / "dolibarr" / "exchanges"
 
 EIGHT_PLACES = Decimal("0.00000001")
+UNIT_PLACES = Decimal("0.00001")  # MAIN_MAX_DECIMALS_UNIT
 FOUR_PLACES = Decimal("0.0001")
 CENT = Decimal("0.01")
 DAY_SECONDS = 86400
@@ -198,6 +199,12 @@ def rate_number(value: Decimal) -> str:
 def round_cents(value: Decimal) -> Decimal:
     """price2num(…, 'MT'): PHP round() at 2 decimals, half away from zero."""
     return value.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def round_unit(value: Decimal) -> Decimal:
+    """price2num(…, 'MU'): PHP round() at MAIN_MAX_DECIMALS_UNIT (5) decimals, half away from
+    zero: unit prices derived by Dolibarr, and amounts converted with a rate."""
+    return value.quantize(UNIT_PLACES, rounding=ROUND_HALF_UP)
 
 
 def midnight(timestamp: int) -> int:

@@ -10,6 +10,7 @@ uses; the recorded exchange of that route is the template.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
@@ -29,6 +30,7 @@ from reconciliation.sandbox.dolibarr.store import (
     Store,
     StoredFile,
     Thirdparty,
+    document_currency_totals,
     document_totals,
     line_totals,
     now,
@@ -202,14 +204,24 @@ def product(row: Product) -> dict[str, Any]:
 # -- lines -------------------------------------------------------------------------------------
 
 
+def _line_document_currency(line: Line, write: Callable[[Decimal], Any]) -> dict[str, Any]:
+    """The line in its document's currency (the company amounts at rate 1), written as the
+    route writes money (`money8` read back, `php_number` in memory)."""
+    net, vat, gross = line.document_currency_totals
+    return {
+        "multicurrency_total_ht": write(net),
+        "multicurrency_total_tva": write(vat),
+        "multicurrency_total_ttc": write(gross),
+        "multicurrency_subprice": write(line.document_currency_subprice),
+    }
+
+
 def _line_common(store: Store, line: Line) -> dict[str, Any]:
     item = store.products.get(line.fk_product or 0)
     values: dict[str, Any] = {
         "id": str(line.id),
         "rowid": str(line.id),
-        "multicurrency_total_ht": money8(line.total_ht),
-        "multicurrency_total_tva": money8(line.total_tva),
-        "multicurrency_total_ttc": money8(line.total_ttc),
+        **_line_document_currency(line, money8),
         "total_ht": money8(line.total_ht),
         "total_tva": money8(line.total_tva),
         "total_ttc": money8(line.total_ttc),
@@ -220,7 +232,6 @@ def _line_common(store: Store, line: Line) -> dict[str, Any]:
         "remise_percent": php_string(line.remise_percent),
         "subprice": money8(line.subprice),
         "tva_tx": rate4(line.tva_tx),
-        "multicurrency_subprice": money8(line.subprice),
         "rang": str(line.rang),
         "date_start": line.date_start if line.date_start is not None else "",
         "date_end": line.date_end if line.date_end is not None else "",
@@ -267,9 +278,7 @@ def _fromorder_line(store: Store, invoice: Invoice, line: Line) -> dict[str, Any
     """Lines copied into the in-memory invoice of createfromorder: strings, no id yet (41)."""
     item = store.products.get(line.fk_product or 0)
     values: dict[str, Any] = {
-        "multicurrency_total_ht": money8(line.total_ht),
-        "multicurrency_total_tva": money8(line.total_tva),
-        "multicurrency_total_ttc": money8(line.total_ttc),
+        **_line_document_currency(line, money8),
         "total_ht": money8(line.total_ht),
         "total_tva": money8(line.total_tva),
         "total_ttc": money8(line.total_ttc),
@@ -279,7 +288,6 @@ def _fromorder_line(store: Store, invoice: Invoice, line: Line) -> dict[str, Any
         "remise_percent": php_string(line.remise_percent),
         "subprice": money8(line.subprice),
         "tva_tx": rate4(line.tva_tx),
-        "multicurrency_subprice": money8(line.subprice),
         "fk_facture": invoice.id,
         "rang": str(line.rang),
     }
@@ -298,9 +306,7 @@ def _fromorder_inserted_line(
         {
             "id": line.id,
             "rowid": line.id,
-            "multicurrency_total_ht": php_number(line.total_ht),
-            "multicurrency_total_tva": php_number(line.total_tva),
-            "multicurrency_total_ttc": php_number(line.total_ttc),
+            **_line_document_currency(line, php_number),
             "total_ht": php_number(line.total_ht),
             "total_tva": php_number(line.total_tva),
             "total_ttc": php_number(line.total_ttc),
@@ -311,7 +317,6 @@ def _fromorder_inserted_line(
             "remise_percent": php_number(line.remise_percent),
             "subprice": php_number(line.subprice),
             "tva_tx": php_string(line.tva_tx),
-            "multicurrency_subprice": php_number(line.subprice),
             "fk_facture": invoice.id,
             "rang": line.rang,
         },
@@ -385,8 +390,11 @@ def order_lines(store: Store, row: Order) -> list[dict[str, Any]]:
 def invoice(
     store: Store, row: Invoice, variant: str = "get", *, action: str = ""
 ) -> dict[str, Any]:
-    """variant: get (53), list (47, 167), put (42), action (49 validate, 133 settopaid, …)."""
+    """variant: get (53), list (47, 167), put (42), action (49 validate, 133 settopaid, …).
+    The `multicurrency_*` fields are the document's currency (Multicurrency module): the company
+    currency at rate 1, as recorded, unless the invoice was created in another one."""
     total_ht, total_tva, total_ttc = document_totals(row.lines)
+    foreign_ht, foreign_tva, foreign_ttc = document_currency_totals(row.lines)
     term = PAYMENT_TERMS.get(row.cond_reglement_id or 0)
     validated = row.date_validation is not None
     values: dict[str, Any] = {
@@ -397,9 +405,12 @@ def invoice(
         "status": str(row.statut),
         "mode_reglement_id": str(row.mode_reglement_id or 0),
         "cond_reglement_id": str(row.cond_reglement_id or 0),
-        "multicurrency_total_ht": money8(total_ht),
-        "multicurrency_total_tva": money8(total_tva),
-        "multicurrency_total_ttc": money8(total_ttc),
+        "fk_multicurrency": str(row.fk_multicurrency),
+        "multicurrency_code": row.currency,
+        "multicurrency_tx": money8(row.multicurrency_tx),
+        "multicurrency_total_ht": money8(foreign_ht),
+        "multicurrency_total_tva": money8(foreign_tva),
+        "multicurrency_total_ttc": money8(foreign_ttc),
         "total_ht": money8(total_ht),
         "total_tva": money8(total_tva),
         "total_ttc": money8(total_ttc),
@@ -539,7 +550,7 @@ def payment(row: Payment) -> dict[str, Any]:
             "date": row.datepaye,
             "montant": money8(row.amount),
             "amount": money8(row.amount),
-            "multicurrency_amount": money8(row.amount),
+            "multicurrency_amount": money8(row.document_currency_amount),
             "type_label": payment_label(row.type_id),
             "type_code": payment_code(row.type_id),
             "num_payment": row.num_payment,
