@@ -143,6 +143,10 @@ DOLIBARR_UI_URL = env.str("DOLIBARR_UI_URL", default="")
 DOLIBARR_STRIPE_BANK_ACCOUNT = env.str("DOLIBARR_STRIPE_BANK_ACCOUNT", default="STRIPE")
 DOLIBARR_PAYOUT_BANK_ACCOUNT = env.str("DOLIBARR_PAYOUT_BANK_ACCOUNT", default="")
 DOLIBARR_MULTICURRENCY = env.bool("DOLIBARR_MULTICURRENCY", default=False)
+# With the multicurrency module: the Dolibarr bank account (by ref) standing for each Stripe
+# balance in another currency, and where its payouts land: "GBP=STRIPE-GBP,USD=STRIPE-USD".
+DOLIBARR_STRIPE_BANK_ACCOUNTS = env.dict("DOLIBARR_STRIPE_BANK_ACCOUNTS", default={})
+DOLIBARR_PAYOUT_BANK_ACCOUNTS = env.dict("DOLIBARR_PAYOUT_BANK_ACCOUNTS", default={})
 # Seconds a worker waits for the numbered-write lane before giving up (transient).
 DOLIBARR_LANE_TIMEOUT = env.int("DOLIBARR_LANE_TIMEOUT", default=300)
 

@@ -59,6 +59,7 @@ from reconciliation.connectors.dolibarr_types import (
     InvoicePayment,
     InvoiceStatus,
     InvoiceType,
+    MulticurrencyCurrency,
     NewLine,
     NewShipmentLine,
     Order,
@@ -127,6 +128,9 @@ INVOICE_STATE_PROPERTIES: Final = (
     "total_ttc",
     "close_code",
     "fk_facture_source",
+    "multicurrency_code",
+    "multicurrency_tx",
+    "multicurrency_total_ttc",
 )
 
 _NOT_MODIFIED: Final = object()
@@ -596,9 +600,16 @@ class DolibarrClient:
         bank_account_id: int | None = None,
         note_private: str | None = None,
         note_public: str | None = None,
+        multicurrency_code: str | None = None,
     ) -> int:
         """Create a draft standard invoice with its lines and return its id (45). Never retried:
-        a second POST with the same `ref_ext` creates a second invoice (46)."""
+        a second POST with the same `ref_ext` creates a second invoice (46).
+
+        With `multicurrency_code` (Multicurrency module, source-read, not recorded) the document
+        is in that currency: the lines' `subprice` are sent as `multicurrency_subprice` and
+        Dolibarr derives the company-currency figures with its own rate for the currency. A
+        code the module does not know is silently replaced by the company currency, rate 1:
+        read the draft back and check `multicurrency_code`."""
         return self._create_invoice_document(
             invoice_type=InvoiceType.STANDARD,
             thirdparty_id=thirdparty_id,
@@ -612,6 +623,7 @@ class DolibarrClient:
             note_private=note_private,
             note_public=note_public,
             source_invoice_id=None,
+            multicurrency_code=multicurrency_code,
         )
 
     def create_credit_note(
@@ -625,6 +637,7 @@ class DolibarrClient:
         mode_reglement_id: int | None = None,
         bank_account_id: int | None = None,
         note_private: str | None = None,
+        multicurrency_code: str | None = None,
     ) -> int:
         """Create a draft credit note against `source_invoice_id` (62). Unit prices are given
         **positive**; Dolibarr stores them negative (total_ttc "-27.00000000", 63). A negative
@@ -645,6 +658,7 @@ class DolibarrClient:
             note_private=note_private,
             note_public=None,
             source_invoice_id=source_invoice_id,
+            multicurrency_code=multicurrency_code,
         )
 
     def _create_invoice_document(
@@ -662,6 +676,7 @@ class DolibarrClient:
         note_private: str | None,
         note_public: str | None,
         source_invoice_id: int | None,
+        multicurrency_code: str | None,
     ) -> int:
         lines = lines_sequence(lines)
         if not lines:
@@ -680,7 +695,11 @@ class DolibarrClient:
                 "fk_account": bank_account_id,
                 "note_private": note_private,
                 "note_public": note_public,
-                "lines": [_line_body(line) for line in lines],
+                "multicurrency_code": multicurrency_code,
+                "lines": [
+                    _line_body(line, in_document_currency=multicurrency_code is not None)
+                    for line in lines
+                ],
             }
         )
         return self._created_id(self._call("POST", "/invoices", body=body), "POST /invoices")
@@ -743,6 +762,59 @@ class DolibarrClient:
             )
         return self._settopaid(invoice_id, {"close_code": "", "close_note": ""})
 
+    def close_paid_in_document_currency(
+        self, *, invoice_id: int, paid: Decimal, close_note: str
+    ) -> ActionResult[Invoice]:
+        """Mark paid a multicurrency invoice whose payments cover its total **in its own
+        currency** but leave a rounding remainder in the company currency.
+
+        Dolibarr closes an invoice on payment only when the company-currency remain is 0; each
+        payment is converted with the invoice's rate and rounded, each line was too, so a
+        foreign invoice paid in full can stay open by a cent (source-read, not recorded). The
+        invoice is read first and the call refused (PermanentError) unless it is validated and
+        unpaid, `paid` equals its `multicurrency_total_ttc` exactly, and what remains in the
+        company currency is under 1 % of its total — a conversion remainder, not a missing
+        payment. 304 when already closed."""
+        invoice = self.get_invoice(
+            invoice_id=invoice_id,
+            properties=(
+                "ref",
+                "statut",
+                "paye",
+                "type",
+                "total_ttc",
+                "totalpaid",
+                "remaintopay",
+                "multicurrency_code",
+                "multicurrency_total_ttc",
+            ),
+        )
+        endpoint = "POST /invoices/{id}/settopaid"
+        if invoice.status != InvoiceStatus.VALIDATED:
+            raise PermanentError(
+                f"invoice {invoice_id} is not a validated invoice (status {invoice.status})",
+                system=SYSTEM,
+                endpoint=endpoint,
+            )
+        total = invoice.multicurrency_total_ttc
+        if total is None or abs(to_decimal(paid)) != abs(total):
+            raise PermanentError(
+                f"invoice {invoice_id} totals {total} {invoice.multicurrency_code}, "
+                f"payments cover {paid}: it is not paid in full in its currency",
+                system=SYSTEM,
+                endpoint=endpoint,
+            )
+        remain = abs(invoice.remain_to_pay or Decimal(0))
+        company_total = abs(invoice.total_ttc or Decimal(0))
+        if remain * 100 >= company_total and remain != 0:
+            raise PermanentError(
+                f"invoice {invoice_id} still has {remain} to pay in the company currency: "
+                "more than a conversion remainder",
+                system=SYSTEM,
+                endpoint=endpoint,
+            )
+        return self._settopaid(invoice_id, {"close_code": "", "close_note": close_note})
+
     def close_invoice_unpaid(
         self, *, invoice_id: int, close_code: str, close_note: str
     ) -> ActionResult[Invoice]:
@@ -775,6 +847,7 @@ class DolibarrClient:
         comment: str | None = None,
         currency: str = "EUR",
         close_paid_invoices: bool = True,
+        in_document_currency: bool = False,
     ) -> int:
         """Record one payment over one or more invoices (`{invoice_id: amount}`) and return its
         id, through `POST /invoices/paymentsdistributed` — the only payment route that stores
@@ -788,7 +861,11 @@ class DolibarrClient:
         three times (187-192), and a **draft** can be paid (153-155). Call it inside the
         numbered lane, after `find_payments(ref_ext=...)` found nothing and the invoice was
         seen validated. `payment_type_id` is the numeric id (`payment_type_id(code="CB")`): the
-        code itself is refused (51)."""
+        code itself is refused (51).
+
+        `in_document_currency`: the amounts are in the invoices' own (multicurrency) currency,
+        `currency`, and go in `multicurrency_amount`; Dolibarr converts them to the company
+        currency with each invoice's rate (source-read, not recorded)."""
         if not amounts:
             raise ValueError("a payment needs at least one invoice amount")
         array_of_amounts: dict[str, dict[str, str]] = {}
@@ -796,11 +873,13 @@ class DolibarrClient:
             value = to_decimal(amount)
             if value <= 0:
                 raise ValueError(f"payment amounts are positive, got {value} for {invoice_id}")
-            array_of_amounts[str(_int_id(invoice_id, "invoice id"))] = {
-                "amount": format_dolibarr_amount(value, currency),
-                # amount and multicurrency_amount must not both be set (source).
-                "multicurrency_amount": "",
-            }
+            formatted = format_dolibarr_amount(value, currency)
+            # amount and multicurrency_amount must not both be set (source).
+            array_of_amounts[str(_int_id(invoice_id, "invoice id"))] = (
+                {"amount": "", "multicurrency_amount": formatted}
+                if in_document_currency
+                else {"amount": formatted, "multicurrency_amount": ""}
+            )
         body = _without_none(
             {
                 "arrayofamounts": array_of_amounts,
@@ -877,6 +956,18 @@ class DolibarrClient:
         if code is None:
             raise self._unexpected("GET /setup/company", "a company with a currency_code")
         return code
+
+    def multicurrency(self, *, code: str) -> MulticurrencyCurrency | None:
+        """The currency `code` in the Multicurrency module, with its latest rate
+        (`GET /multicurrencies/bycode/{code}`, Dolibarr 18+, source-read, not recorded), or None
+        when the module does not know it — or is off, which leaves the route out (404)."""
+        try:
+            raw = self._call(
+                "GET", "/multicurrencies/bycode/{code}", path={"code": code}, retry=True
+            )
+        except NotFoundError:
+            return None
+        return MulticurrencyCurrency.from_raw(_as_object(raw, "currency"))
 
     # -- bank ---------------------------------------------------------------------------------
 
@@ -1529,13 +1620,17 @@ def _price(value: Decimal | int | str) -> Decimal:
     return Decimal(format_dolibarr_price(value))
 
 
-def _line_body(line: NewLine) -> dict[str, Any]:
+def _line_body(line: NewLine, *, in_document_currency: bool = False) -> dict[str, Any]:
+    """A line as the API takes it. In a multicurrency document the net unit price is the
+    document currency's (`multicurrency_subprice`, Dolibarr's `pu_ht_devise`) and `subprice` is
+    left out: Dolibarr derives it with the document's rate."""
+    price_field = "multicurrency_subprice" if in_document_currency else "subprice"
     return _without_none(
         {
             "fk_product": line.product_id,
             "desc": line.description,
             "qty": line.qty,
-            "subprice": _price(line.subprice),
+            price_field: _price(line.subprice),
             "tva_tx": line.tva_tx,
             "remise_percent": line.remise_percent,
             "product_type": int(line.product_type),

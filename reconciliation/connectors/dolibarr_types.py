@@ -416,6 +416,11 @@ class Invoice:
     last_main_doc: str | None
     lines: tuple[Line, ...]
     raw: dict[str, Any] = field(repr=False, compare=False)
+    # The document's own currency (Multicurrency module): the company currency, rate 1, unless
+    # the module is on and the invoice was created in another currency.
+    multicurrency_code: str | None = None
+    multicurrency_tx: Decimal | None = None
+    multicurrency_total_ttc: Decimal | None = None
 
     @classmethod
     def from_raw(cls, raw: Mapping[str, Any]) -> Invoice:
@@ -445,7 +450,17 @@ class Invoice:
             last_main_doc=as_str(raw.get("last_main_doc")),
             lines=_lines(raw),
             raw=_raw(raw),
+            multicurrency_code=as_str(raw.get("multicurrency_code")),
+            multicurrency_tx=as_decimal(raw.get("multicurrency_tx")),
+            multicurrency_total_ttc=as_decimal(raw.get("multicurrency_total_ttc")),
         )
+
+    def total_in(self, currency: str) -> Decimal | None:
+        """The total in `currency`: `multicurrency_total_ttc` when that is the document's
+        currency and not the company's, else `total_ttc`."""
+        if self.multicurrency_code == currency and self.multicurrency_total_ttc is not None:
+            return self.multicurrency_total_ttc
+        return self.total_ttc
 
     @property
     def is_draft(self) -> bool:
@@ -486,6 +501,27 @@ class Payment:
             bank_account_id=as_int(raw.get("bank_account", raw.get("fk_account"))),
             bank_line_id=as_int(raw.get("bank_line")),
             note_private=as_str(raw.get("note_private")),
+            raw=_raw(raw),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MulticurrencyCurrency:
+    """A currency of the Multicurrency module (`GET /multicurrencies/bycode/{code}`): its code
+    and latest rate, in units of it per unit of the company currency."""
+
+    id: int
+    code: str | None
+    rate: Decimal | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_raw(cls, raw: Mapping[str, Any]) -> MulticurrencyCurrency:
+        rate = raw.get("rate")
+        return cls(
+            id=as_int(raw.get("id")),
+            code=as_str(raw.get("code")),
+            rate=as_decimal(rate.get("rate")) if isinstance(rate, Mapping) else None,
             raw=_raw(raw),
         )
 

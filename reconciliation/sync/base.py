@@ -8,7 +8,7 @@ engine records its outcome (and the Dolibarr id) in one transaction afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -96,6 +96,17 @@ class NumberedLane(Protocol):
 
 
 @dataclass(frozen=True)
+class ForeignCurrency:
+    """A currency other than the company's, as this run may write it: the Dolibarr bank
+    accounts for Stripe's balance in it and for its payouts, or why it cannot be written."""
+
+    code: str
+    stripe_bank_account_id: int | None = None
+    payout_bank_account_id: int | None = None
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
 class DolibarrSetup:
     """Facts about the Dolibarr instance, resolved once per run from its dictionaries and
     configuration (never hard-coded ids)."""
@@ -105,6 +116,25 @@ class DolibarrSetup:
     card_payment_type_id: int
     stripe_bank_account_id: int
     payout_bank_account_id: int | None
+    # Only with the multicurrency module on: the currencies configured for it, by ISO code.
+    foreign_currencies: Mapping[str, ForeignCurrency] = field(default_factory=dict)
+
+    def is_company_currency(self, code: str) -> bool:
+        return code.upper() == self.company_currency.upper()
+
+    def stripe_account_for(self, code: str) -> int | None:
+        """The Dolibarr bank account holding Stripe's balance in `code`, or None."""
+        if self.is_company_currency(code):
+            return self.stripe_bank_account_id
+        foreign = self.foreign_currencies.get(code.upper())
+        return foreign.stripe_bank_account_id if foreign and not foreign.problem else None
+
+    def payout_account_for(self, code: str) -> int | None:
+        """Where Stripe's payouts in `code` land in Dolibarr, or None."""
+        if self.is_company_currency(code):
+            return self.payout_bank_account_id
+        foreign = self.foreign_currencies.get(code.upper())
+        return foreign.payout_bank_account_id if foreign and not foreign.problem else None
 
 
 @dataclass

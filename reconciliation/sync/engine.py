@@ -32,7 +32,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
@@ -44,6 +44,7 @@ from django.db import connection
 from django.utils import timezone
 
 from reconciliation.connectors.dolibarr import DolibarrClient
+from reconciliation.connectors.dolibarr_types import BankAccount
 from reconciliation.errors import (
     Ap24SyncError,
     AuthenticationError,
@@ -65,6 +66,7 @@ from reconciliation.services.records import (
 from reconciliation.sync import handlers  # noqa: F401  (registers every handler)
 from reconciliation.sync.base import (
     DolibarrSetup,
+    ForeignCurrency,
     MismatchSpec,
     NeedsReview,
     Outcome,
@@ -152,7 +154,62 @@ def dolibarr_setup(*, client: DolibarrClient) -> DolibarrSetup:
         card_payment_type_id=card,
         stripe_bank_account_id=accounts[stripe_ref].id,
         payout_bank_account_id=accounts[payout_ref].id if payout_ref else None,
+        foreign_currencies=(
+            foreign_currencies(client=client, accounts=accounts, company_currency=currency)
+            if settings.DOLIBARR_MULTICURRENCY
+            else {}
+        ),
     )
+
+
+def _by_code(refs: Mapping[str, str]) -> dict[str, str]:
+    return {code.strip().upper(): ref.strip() for code, ref in refs.items()}
+
+
+def foreign_currencies(
+    *, client: DolibarrClient, accounts: Mapping[str, BankAccount], company_currency: str
+) -> dict[str, ForeignCurrency]:
+    """The currencies configured for the multicurrency module (`DOLIBARR_STRIPE_BANK_ACCOUNTS`,
+    `DOLIBARR_PAYOUT_BANK_ACCOUNTS`), each with its accounts or the reason it cannot be written.
+
+    A wrong entry is not a reason to stop the run: the company currency and the other
+    currencies still sync, and the records in that currency each get a `currency_unsupported`
+    mismatch quoting the reason. One `GET /multicurrencies/bycode/{code}` per currency: a code
+    the module does not know would be silently replaced by the company currency on creation."""
+    stripe_refs = _by_code(settings.DOLIBARR_STRIPE_BANK_ACCOUNTS)
+    payout_refs = _by_code(settings.DOLIBARR_PAYOUT_BANK_ACCOUNTS)
+    found: dict[str, ForeignCurrency] = {}
+    for code in sorted(set(stripe_refs) | set(payout_refs)):
+        if code == company_currency.upper():
+            continue
+        ids: dict[str, int | None] = {}
+        problems: list[str] = []
+        for role, refs, variable in (
+            ("stripe", stripe_refs, "DOLIBARR_STRIPE_BANK_ACCOUNTS"),
+            ("payout", payout_refs, "DOLIBARR_PAYOUT_BANK_ACCOUNTS"),
+        ):
+            ref = refs.get(code)
+            account = accounts.get(ref) if ref else None
+            ids[role] = account.id if account else None
+            if ref and account is None:
+                problems.append(f"Dolibarr has no bank account with ref {ref!r} ({variable})")
+            elif account is not None and (account.currency_code or "").upper() != code:
+                problems.append(
+                    f"Dolibarr bank account {ref!r} ({variable}) is in "
+                    f"{account.currency_code or 'no currency'}, not {code}"
+                )
+        if not problems and client.multicurrency(code=code) is None:
+            problems.append(
+                f"Dolibarr's multicurrency module has no {code} (or is off): add the currency "
+                "and its rate in Dolibarr's multicurrency setup"
+            )
+        found[code] = ForeignCurrency(
+            code=code,
+            stripe_bank_account_id=ids["stripe"],
+            payout_bank_account_id=ids["payout"],
+            problem="; ".join(problems) or None,
+        )
+    return found
 
 
 def build_context(

@@ -69,6 +69,9 @@ WRITES: dict[str, WriteSpec] = {
     "close_zero_total_invoice": WriteSpec(
         "invoice_closed_zero_total", "dolibarr_invoice", "invoice_id", "close"
     ),
+    "close_paid_in_document_currency": WriteSpec(
+        "invoice_closed_paid_in_currency", "dolibarr_invoice", "invoice_id", "close"
+    ),
     "close_invoice_unpaid": WriteSpec(
         "invoice_closed_unpaid", "dolibarr_invoice", "invoice_id", "close"
     ),
@@ -237,6 +240,7 @@ class _PlannedInvoice:
     lines: tuple[NewLine, ...]
     status: int = InvoiceStatus.DRAFT
     paid: bool = False
+    multicurrency_code: str | None = None
 
 
 class PlanningDolibarr:
@@ -311,6 +315,7 @@ class PlanningDolibarr:
                 ref_ext=kwargs["ref_ext"],
                 type=invoice_type,
                 lines=tuple(kwargs["lines"]),
+                multicurrency_code=kwargs.get("multicurrency_code"),
             )
         return placeholder
 
@@ -325,7 +330,8 @@ class PlanningDolibarr:
         planned = self._invoices.get(invoice_id)
         if planned is None:
             return self._client.get_invoice(invoice_id=invoice_id, properties=properties)
-        totals = dolibarr_totals(planned.lines, currency=self._currency)
+        code = planned.multicurrency_code or self._currency
+        totals = dolibarr_totals(planned.lines, currency=code)
         sign = -1 if planned.type == InvoiceType.CREDIT_NOTE else 1
         return Invoice.from_raw(
             {
@@ -339,6 +345,10 @@ class PlanningDolibarr:
                 "total_ht": f"{sign * totals.ht:f}",
                 "total_tva": f"{sign * totals.tva:f}",
                 "total_ttc": f"{sign * totals.ttc:f}",
+                # A multicurrency draft's company-currency totals depend on Dolibarr's rate,
+                # which a plan does not know: only the document currency's are given.
+                "multicurrency_code": code,
+                "multicurrency_total_ttc": f"{sign * totals.ttc:f}",
             }
         )
 

@@ -1,4 +1,4 @@
-"""Stripe's balance against Dolibarr's Stripe bank account, in the company currency.
+"""Stripe's balance against Dolibarr's Stripe bank account, one currency at a time.
 
 Once every payment, refund, fee and payout is synced, the Stripe bank account in Dolibarr holds
 exactly what Stripe holds: payments in, refunds, fees and payouts out. Comparing the two totals
@@ -60,11 +60,21 @@ class BalanceComparison:
 
 
 def stripe_balance_compare(
-    *, stripe: StripeConnector, dolibarr: DolibarrClient, setup: DolibarrSetup
+    *,
+    stripe: StripeConnector,
+    dolibarr: DolibarrClient,
+    setup: DolibarrSetup,
+    currency: str | None = None,
 ) -> BalanceComparison:
     """Read both balances (one `GET /v1/balance`, one payouts list per in-flight status, one
-    `GET /bankaccounts/{id}/balance`) and compare them. Reads only."""
-    currency = currency_code(setup.company_currency)
+    `GET /bankaccounts/{id}/balance`) and compare them. Reads only.
+
+    `currency` (default: the company's) picks which of Stripe's balances, against the Dolibarr
+    account standing for it (`DolibarrSetup.stripe_account_for`)."""
+    currency = currency_code(currency or setup.company_currency)
+    account_id = setup.stripe_account_for(currency)
+    if account_id is None:
+        raise ValueError(f"no Dolibarr bank account stands for Stripe's {currency} balance")
     balance = stripe.balance()
     available = _balance_minor(balance.get("available"), currency)
     pending = _balance_minor(balance.get("pending"), currency)
@@ -76,12 +86,12 @@ def stripe_balance_compare(
     ]
     return BalanceComparison(
         currency=currency,
-        bank_account_id=setup.stripe_bank_account_id,
+        bank_account_id=account_id,
         stripe_available=minor_to_decimal(available, currency),
         stripe_pending=minor_to_decimal(pending, currency),
         payouts_in_flight=minor_to_decimal(sum(int(p["amount"]) for p in in_flight), currency),
         payouts_in_flight_ids=tuple(str(p["id"]) for p in in_flight),
-        dolibarr_balance=dolibarr.bank_balance(bank_account_id=setup.stripe_bank_account_id),
+        dolibarr_balance=dolibarr.bank_balance(bank_account_id=account_id),
     )
 
 

@@ -16,6 +16,10 @@ there? is the payment there?) are made for a whole batch of records at once (`sy
   void ones are closed `abandon` if they were validated (a validated invoice cannot be
   deleted), skipped if they never reached Dolibarr; uncollectible ones are closed
   `badcustomer` (135-138).
+- An invoice in another currency than the company's is a multicurrency document in its own
+  currency (when the module is on and the currency configured; `stripe_common.currency_problem`):
+  created with `multicurrency_code`, checked and paid in that currency on that currency's Stripe
+  account, and closed as paid if Dolibarr's conversion leaves a rounding cent open.
 """
 
 from __future__ import annotations
@@ -51,12 +55,15 @@ from reconciliation.sync.known import (
     wants,
 )
 from reconciliation.sync.stripe_common import (
+    close_conversion_remainder,
     currency_problem,
     duplicates,
+    in_document_currency,
     single_document,
     stripe_amount,
     stripe_datetime,
     total_differs,
+    wrong_document_currency,
 )
 
 DOLIBARR_KIND = "invoice"
@@ -156,14 +163,25 @@ def stripe_invoice_sync(record: SyncRecord, context: SyncContext) -> Outcome:
     )
     if isinstance(current, NeedsReview):
         return current
+    document_currency = in_document_currency(context, currency)
     if current is None:
-        created = _create_draft(invoice, customer.dolibarr_id, context)
+        created = _create_draft(invoice, customer.dolibarr_id, context, document_currency)
         if isinstance(created, Skipped):
             return created
         current = context.dolibarr.get_invoice(
             invoice_id=created, properties=INVOICE_STATE_PROPERTIES
         )
-    if current.total_ttc != expected:
+    if document_currency is not None and current.is_draft:
+        wrong = wrong_document_currency(
+            kind="invoice",
+            object_id=invoice_id,
+            document=current,
+            currency=currency,
+            snapshot=invoice,
+        )
+        if wrong is not None:
+            return wrong
+    if current.total_in(currency) != expected:
         return total_differs(
             kind="invoice",
             object_id=invoice_id,
@@ -183,6 +201,8 @@ def stripe_invoice_sync(record: SyncRecord, context: SyncContext) -> Outcome:
         collected = sum((payment.amount for payment in payments), Decimal(0))
         if collected != expected:
             return _paid_without_payments(invoice, current, collected, expected, currency)
+        if document_currency is not None:
+            close_conversion_remainder(context, current.id, collected, currency)
     elif status == "uncollectible" and current.close_code != "badcustomer":
         context.dolibarr.close_invoice_unpaid(
             invoice_id=current.id,
@@ -192,7 +212,12 @@ def stripe_invoice_sync(record: SyncRecord, context: SyncContext) -> Outcome:
     return Synced(DOLIBARR_KIND, current.id, ref)
 
 
-def _create_draft(invoice: dict[str, Any], thirdparty_id: int, context: SyncContext):
+def _create_draft(
+    invoice: dict[str, Any],
+    thirdparty_id: int,
+    context: SyncContext,
+    document_currency: str | None,
+):
     customer = snapshot_of(source=Source.STRIPE, kind="customer", external_id=invoice["customer"])
     encoding = invoice_encoding(
         invoice, tax_rates=run_cache(context).tax_rates(context.stripe), customer=customer
@@ -211,8 +236,9 @@ def _create_draft(invoice: dict[str, Any], thirdparty_id: int, context: SyncCont
         ),
         ref_client=number or None,
         mode_reglement_id=context.setup.card_payment_type_id,
-        bank_account_id=context.setup.stripe_bank_account_id,
+        bank_account_id=context.setup.stripe_account_for(currency_code(invoice["currency"])),
         note_private=f"Stripe invoice {invoice['id']} {number}".strip(),
+        multicurrency_code=document_currency,
     )
 
 
@@ -263,11 +289,12 @@ def _validate_and_pay(
                 amounts={current.id: payment.amount},
                 date=payment.date,
                 payment_type_id=context.setup.card_payment_type_id,
-                bank_account_id=context.setup.stripe_bank_account_id,
+                bank_account_id=context.setup.stripe_account_for(currency),
                 ref_ext=payment.ref_ext,
                 num_payment=payment.num_payment,
                 comment=f"Stripe {payment.ref_ext} for invoice {invoice.get('number') or ''}",
                 currency=currency,
+                in_document_currency=in_document_currency(context, currency) is not None,
             )
             noted.append((payment.ref_ext, payment_id, ""))
     _note_payments(context, noted)

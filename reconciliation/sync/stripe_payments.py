@@ -11,7 +11,8 @@ payment intent record only says where its money is:
 - disputed: needs review — the money may go back, and only a person knows how the dispute ends;
 - not paying any Stripe invoice (an article bought in Aipress24): Skipped, billed from the
   Aipress24 purchase (issue 4);
-- in a currency other than Dolibarr's: Skipped, the invoice carries the currency mismatch.
+- in a currency Dolibarr cannot take (not the company's, and not written as a multicurrency
+  document): Skipped, the invoice carries the currency mismatch.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from reconciliation.sync.base import (
 )
 from reconciliation.sync.dependencies import WAIT_FOR_PENDING, dependency
 from reconciliation.sync.known import Wanted, known_payments, run_cache, wants
-from reconciliation.sync.stripe_common import duplicates, stripe_amount
+from reconciliation.sync.stripe_common import duplicates, foreign_currency_reason, stripe_amount
 
 DOLIBARR_KIND = "payment"
 
@@ -95,7 +96,10 @@ def _payment_of_invoice(
         return Skipped(PURCHASE_FLOW)
     currency = payment.get("currency") or ""
     company = context.setup.company_currency
-    if not is_known_currency(currency) or currency_code(currency) != company:
+    if not is_known_currency(currency) or (
+        foreign_currency_reason(context.setup, currency_code(currency), needs_payout_account=False)
+        is not None
+    ):
         return Skipped(
             f"in {currency.upper()}, not {company}: the currency mismatch is on invoice "
             f"{invoice_id}, whose payment this is"

@@ -5,11 +5,11 @@ writes its bank line, 163); what Stripe keeps (its fees) and what it sends on to
 bank (payouts) are written here, so that the account's balance in Dolibarr can be checked
 against Stripe's own balance (`stripe_balance.py`):
 
-- a balance transaction with a fee in the company currency -> one bank line of `-fee` on the
-  Stripe account, found again by `num_chq` = the `txn_…` id (the bank-lines list filters on bare
+- a balance transaction with a fee -> one bank line of `-fee` on the Stripe account of its
+  currency (the company currency's, or another one's with the multicurrency module), found again by `num_chq` = the `txn_…` id (the bank-lines list filters on bare
   columns, `(num_chq:=:'…')`, 119, 163);
-- a `paid` payout in the company currency -> one internal transfer from the Stripe account to
-  the payout account, found again by its label, which holds the `po_…` id (the transfer's
+- a `paid` payout -> one internal transfer from the Stripe account of its currency to the
+  payout account of that currency, found again by its label, which holds the `po_…` id (the transfer's
   `cheque_number` is stored where the API never shows it, 126, 128).
 
 Neither bank lines nor transfers make Dolibarr allocate a number (`llx_bank` has no ref), so these
@@ -50,6 +50,7 @@ from reconciliation.sync.base import (
     Waiting,
     handler,
 )
+from reconciliation.sync.stripe_common import foreign_currency_reason
 
 # What a Synced fee line or payout transfer points to: a row of llx_bank (for a transfer, its
 # outgoing line on the Stripe account; the incoming one is linked to it, 127).
@@ -107,19 +108,21 @@ def stripe_fee_sync(record: SyncRecord, ctx: SyncContext) -> Outcome:
             "the Stripe bank account through its payment or refund"
         )
     currency = str(txn.get("currency") or "")
-    if not _is_company_currency(currency, ctx):
+    reason = _currency_reason(currency, ctx, needs_payout_account=False)
+    if reason is not None:
         return _currency_unsupported(
             what=f"Stripe fee of {txn_id}",
             identity=("stripe_fee", txn_id),
             minor=line_minor,
             currency=currency,
+            reason=reason,
             snapshot=txn,
             ctx=ctx,
         )
     amount = minor_to_decimal(line_minor, currency)
-    account_id = ctx.setup.stripe_bank_account_id
+    account_id = _stripe_account(currency, ctx)
 
-    found = _fee_lines(record, ctx, txn_id)
+    found = _fee_lines(record, ctx, txn_id, account_id)
     if len(found) > 1:
         return _duplicate_lines(what=f"Stripe fee {txn_id}", lines=found, snapshot=txn)
     if found:
@@ -168,7 +171,9 @@ def fee_lines_lookup(
     return found
 
 
-def _fee_lines(record: SyncRecord, ctx: SyncContext, txn_id: str) -> list[BankLine]:
+def _fee_lines(
+    record: SyncRecord, ctx: SyncContext, txn_id: str, account_id: int
+) -> list[BankLine]:
     """The lines of the Stripe account whose `num_chq` is this transaction.
 
     A batched answer (`ctx.known.fee_lines`, from `fee_lines_lookup`) is used only on the
@@ -176,13 +181,17 @@ def _fee_lines(record: SyncRecord, ctx: SyncContext, txn_id: str) -> list[BankLi
     the line since that look-up; on any later attempt an earlier one may have left a line
     behind (a lost answer), and the handler looks again itself. `num_chq` compares
     case-insensitively in the database and Stripe ids may differ by case alone, so only exact
-    matches count."""
+    matches count. The batch looks in the company-currency Stripe account only: a line on
+    another currency's account is always looked up here."""
     batched = getattr(ctx.known, "fee_lines", None)
-    if isinstance(batched, Mapping) and record.attempts <= 1 and txn_id in batched:
+    if (
+        isinstance(batched, Mapping)
+        and record.attempts <= 1
+        and txn_id in batched
+        and account_id == ctx.setup.stripe_bank_account_id
+    ):
         return list(batched[txn_id])
-    lines = ctx.dolibarr.bank_lines(
-        bank_account_id=ctx.setup.stripe_bank_account_id, filters=equals("num_chq", txn_id)
-    )
+    lines = ctx.dolibarr.bank_lines(bank_account_id=account_id, filters=equals("num_chq", txn_id))
     return [line for line in lines if line.num_chq == txn_id]
 
 
@@ -233,21 +242,24 @@ def stripe_payout_sync(record: SyncRecord, ctx: SyncContext) -> Outcome:
             ),
         )
     currency = str(payout.get("currency") or "")
-    if not _is_company_currency(currency, ctx):
+    reason = _currency_reason(currency, ctx, needs_payout_account=True)
+    if reason is not None:
         return _currency_unsupported(
             what=f"Stripe payout {payout_id}",
             identity=("stripe_payout", payout_id),
             minor=-int(payout["amount"]),
             currency=currency,
+            reason=reason,
             snapshot=payout,
             ctx=ctx,
         )
     amount = minor_to_decimal(int(payout["amount"]), currency)
-    target_id = ctx.setup.payout_bank_account_id
+    source_id = _stripe_account(currency, ctx)
+    target_id = ctx.setup.payout_account_for(currency_code(currency))
     if target_id is None:
         return _payout_account_missing(payout, amount, currency)
 
-    found = _payout_lines(payout_id, ctx)
+    found = _payout_lines(payout_id, ctx, source_id)
     if len(found) > 1:
         return _duplicate_lines(what=f"Stripe payout {payout_id}", lines=found, snapshot=payout)
     if found:
@@ -259,7 +271,7 @@ def stripe_payout_sync(record: SyncRecord, ctx: SyncContext) -> Outcome:
     if unbalanced is not None:
         return unbalanced
     transfer = ctx.dolibarr.create_transfer(
-        from_account_id=ctx.setup.stripe_bank_account_id,
+        from_account_id=source_id,
         to_account_id=target_id,
         date=_utc_day(payout.get("arrival_date") or payout["created"]),
         amount=amount,
@@ -276,14 +288,13 @@ def payout_label(payout_id: str) -> str:
     return f"Stripe payout {payout_id}"
 
 
-def _payout_lines(payout_id: str, ctx: SyncContext) -> list[BankLine]:
+def _payout_lines(payout_id: str, ctx: SyncContext, account_id: int) -> list[BankLine]:
     """The outgoing lines on the Stripe account whose label names the payout. `like` with the id
     between wildcards still finds a line whose label someone completed by hand; `_` is a
     wildcard too (164) and the comparison is case-insensitive, so the id is checked again
     exactly."""
     lines = ctx.dolibarr.bank_lines(
-        bank_account_id=ctx.setup.stripe_bank_account_id,
-        filters=like("label", f"%{payout_id}%"),
+        bank_account_id=account_id, filters=like("label", f"%{payout_id}%")
     )
     return [
         line
@@ -348,7 +359,8 @@ def _abandoned_payout(payout: dict[str, Any], status: str, ctx: SyncContext) -> 
     payout_id = str(payout["id"])
     reason = payout.get("failure_message") or payout.get("failure_code") or ""
     why = f"payout {payout_id} is {status}" + (f" ({reason})" if reason else "")
-    found = _payout_lines(payout_id, ctx)
+    account_id = ctx.setup.stripe_account_for(str(payout.get("currency") or ""))
+    found = _payout_lines(payout_id, ctx, account_id) if account_id is not None else []
     if not found:
         return Skipped(f"{why}: no money left Stripe, nothing to write")
     currency = str(payout.get("currency") or "").upper()
@@ -412,10 +424,21 @@ def _until_arrival(payout: dict[str, Any]) -> timedelta:
 # --- Shared ---------------------------------------------------------------------------------
 
 
-def _is_company_currency(currency: str, ctx: SyncContext) -> bool:
-    return is_known_currency(currency) and currency_code(currency) == currency_code(
-        ctx.setup.company_currency
+def _currency_reason(currency: str, ctx: SyncContext, *, needs_payout_account: bool) -> str | None:
+    """Why an amount in `currency` cannot be written on a Stripe bank account (None: it can,
+    on the account for that currency)."""
+    if not is_known_currency(currency):
+        return "a currency whose decimals are unknown"
+    return foreign_currency_reason(
+        ctx.setup, currency_code(currency), needs_payout_account=needs_payout_account
     )
+
+
+def _stripe_account(currency: str, ctx: SyncContext) -> int:
+    account_id = ctx.setup.stripe_account_for(currency_code(currency))
+    if account_id is None:  # `_currency_reason` said it exists
+        raise ConfigurationError(f"no Dolibarr bank account for Stripe's {currency} balance")
+    return account_id
 
 
 def _currency_unsupported(
@@ -424,23 +447,24 @@ def _currency_unsupported(
     identity: tuple[str, ...],
     minor: int,
     currency: str,
+    reason: str,
     snapshot: dict[str, Any],
     ctx: SyncContext,
 ) -> NeedsReview:
-    """Dolibarr's Stripe bank account is in the company currency: a fee or payout in another
-    currency is never converted (there is no rate to be sure of), it is shown. `minor` is the
-    movement that is not written, signed as it would move the Stripe account."""
+    """A fee or payout in a currency no Dolibarr bank account stands for is never converted
+    (there is no rate to be sure of), it is shown, with `reason`. `minor` is the movement that
+    is not written, signed as it would move the Stripe account."""
     known = is_known_currency(currency)
     code = currency_code(currency) if known else currency
     amount = minor_to_decimal(minor, currency) if known else None
     return NeedsReview(
-        reason=f"{what} is in {code}, not {ctx.setup.company_currency}",
+        reason=f"{what} is in {code}, not {ctx.setup.company_currency}: {reason}",
         mismatch=MismatchSpec(
             kind=MismatchKind.CURRENCY_UNSUPPORTED,
             fingerprint_parts=identity,
             summary=f"{what} ({amount if known else minor} {code}) is not in the company "
-            f"currency {ctx.setup.company_currency}; the Stripe bank account in Dolibarr cannot "
-            "hold it and ap24sync never converts.",
+            f"currency {ctx.setup.company_currency} and {reason}: nothing was written, "
+            "ap24sync never converts.",
             severity="info",
             amount_difference=amount,
             currency=code,

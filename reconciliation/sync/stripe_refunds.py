@@ -36,12 +36,15 @@ from reconciliation.sync.invoice_lines import (
 )
 from reconciliation.sync.known import Wanted, find_invoices, known_payments, run_cache, wants
 from reconciliation.sync.stripe_common import (
+    close_conversion_remainder,
     currency_problem,
     duplicates,
+    in_document_currency,
     single_document,
     stripe_amount,
     stripe_datetime,
     total_differs,
+    wrong_document_currency,
 )
 
 DOLIBARR_KIND = "credit_note"
@@ -93,6 +96,7 @@ def stripe_refund_sync(record: SyncRecord, context: SyncContext) -> Outcome:
 
     currency = currency_code(refund["currency"])
     amount = stripe_amount(refund["amount"], currency)
+    document_currency = in_document_currency(context, currency)
     current = single_document(
         find_invoices(context, record, refund_id),
         kind="refund",
@@ -112,14 +116,25 @@ def stripe_refund_sync(record: SyncRecord, context: SyncContext) -> Outcome:
             ref_ext=refund_id,
             date=stripe_datetime(refund.get("created")),
             mode_reglement_id=context.setup.card_payment_type_id,
-            bank_account_id=context.setup.stripe_bank_account_id,
+            bank_account_id=context.setup.stripe_account_for(currency),
             note_private=f"Stripe refund {refund_id} of {paid_by} (invoice {invoice_id})",
+            multicurrency_code=document_currency,
         )
         current = context.dolibarr.get_invoice(
             invoice_id=created, properties=INVOICE_STATE_PROPERTIES
         )
+    if document_currency is not None and current.is_draft:
+        wrong = wrong_document_currency(
+            kind="refund",
+            object_id=refund_id,
+            document=current,
+            currency=currency,
+            snapshot=refund,
+        )
+        if wrong is not None:
+            return wrong
     # Dolibarr stores a credit note's amounts negative (63).
-    if current.total_ttc != -amount:
+    if current.total_in(currency) != -amount:
         return total_differs(
             kind="refund",
             object_id=refund_id,
@@ -149,12 +164,15 @@ def stripe_refund_sync(record: SyncRecord, context: SyncContext) -> Outcome:
                     amounts={current.id: amount},
                     date=stripe_datetime(refund.get("created")),
                     payment_type_id=context.setup.card_payment_type_id,
-                    bank_account_id=context.setup.stripe_bank_account_id,
+                    bank_account_id=context.setup.stripe_account_for(currency),
                     ref_ext=refund_id,
                     num_payment=refund_id,
                     comment=f"Stripe refund {refund_id} of {paid_by}",
                     currency=currency,
+                    in_document_currency=document_currency is not None,
                 )
+    if document_currency is not None:
+        close_conversion_remainder(context, current.id, -amount, currency)
     return Synced(DOLIBARR_KIND, current.id, ref)
 
 
