@@ -23,6 +23,8 @@ from reconciliation.errors import Ap24SyncError
 from reconciliation.sandbox.seed import PAYOUT_ACCOUNT_REF, dolibarr_bank_account_create
 
 DEMO_USERNAME = "finance"
+# The sandbox Dolibarr's multicurrency rates (units per euro) for the currencies the demo writes.
+DEMO_RATES = {"GBP": "0.85", "USD": "1.08"}
 
 
 class _Stop(Exception):
@@ -64,7 +66,18 @@ class Command(BaseCommand):
             dolibarr_url = self._start_sandbox(
                 supervisor,
                 "dolibarr-sandbox",
-                ["-m", "reconciliation.sandbox.dolibarr", "--port", "0", "--api-key", dolibarr_key],
+                [
+                    "-m",
+                    "reconciliation.sandbox.dolibarr",
+                    "--port",
+                    "0",
+                    "--api-key",
+                    dolibarr_key,
+                    # Pounds and dollars in Dolibarr's multicurrency module; yen left out, so
+                    # the demo's yen invoice waits in the review queue, saying why.
+                    "--multicurrency",
+                    ",".join(f"{code}={rate}" for code, rate in DEMO_RATES.items()),
+                ],
             )
             stripe_url = self._start_sandbox(
                 supervisor,
@@ -84,12 +97,25 @@ class Command(BaseCommand):
                     webhook_secret,
                 ],
             )
-            # The account Stripe payouts go to: a finance team creates it in Dolibarr.
+            # The accounts a finance team creates in Dolibarr: where Stripe payouts go, and for
+            # each other currency Stripe holds, its Stripe balance and its payout account.
             dolibarr_bank_account_create(api_url=dolibarr_url, api_key=dolibarr_key)
+            for code in DEMO_RATES:
+                for ref in (f"STRIPE-{code}", f"BANK-{code}"):
+                    dolibarr_bank_account_create(
+                        api_url=dolibarr_url,
+                        api_key=dolibarr_key,
+                        ref=ref,
+                        label=f"{ref.split('-')[0].title()} {code}",
+                        currency=code,
+                    )
             remote_env = {
                 "DOLIBARR_URL": dolibarr_url,
                 "DOLIBARR_API_KEY": dolibarr_key,
                 "DOLIBARR_PAYOUT_BANK_ACCOUNT": PAYOUT_ACCOUNT_REF,
+                "DOLIBARR_MULTICURRENCY": "true",
+                "DOLIBARR_STRIPE_BANK_ACCOUNTS": ",".join(f"{c}=STRIPE-{c}" for c in DEMO_RATES),
+                "DOLIBARR_PAYOUT_BANK_ACCOUNTS": ",".join(f"{c}=BANK-{c}" for c in DEMO_RATES),
                 "STRIPE_API_BASE": stripe_url,
                 "STRIPE_API_KEY": stripe_key,
                 "STRIPE_WEBHOOK_SECRET": webhook_secret,
@@ -97,6 +123,9 @@ class Command(BaseCommand):
             supervisor.env.update(remote_env)
             for name, value in remote_env.items():
                 setattr(settings, name, value)
+            settings.DOLIBARR_MULTICURRENCY = True
+            settings.DOLIBARR_STRIPE_BANK_ACCOUNTS = {c: f"STRIPE-{c}" for c in DEMO_RATES}
+            settings.DOLIBARR_PAYOUT_BANK_ACCOUNTS = {c: f"BANK-{c}" for c in DEMO_RATES}
 
             self.stdout.write("Pulling the demo data from the Stripe sandbox …")
             self._pull_demo_data()
