@@ -155,6 +155,19 @@ SYNC_WORKERS = env.int("SYNC_WORKERS", default=4)
 SYNC_MAX_ATTEMPTS = env.int("SYNC_MAX_ATTEMPTS", default=8)
 SYNC_LEASE_MINUTES = env.int("SYNC_LEASE_MINUTES", default=15)
 
+# --- Jobs, circuit breakers, alerts ---------------------------------------------------------
+# A job's lease: a crashed holder's expires after this many seconds (holders renew it while
+# they run), so that the next run proceeds.
+JOB_LEASE_SECONDS = env.int("JOB_LEASE_SECONDS", default=900)
+# Cadence overrides, job=cadence: "every 5m", "every 2h", "daily 02:30" (server time, UTC).
+JOB_CADENCES = env.dict("JOB_CADENCES", default={})
+# A remote's breaker opens after this many consecutive failures, and lets one probe through
+# after the cool-down.
+BREAKER_FAILURES = env.int("BREAKER_FAILURES", default=5)
+BREAKER_COOL_DOWN_SECONDS = env.int("BREAKER_COOL_DOWN_SECONDS", default=60)
+# The admins are e-mailed when a breaker stays open longer than this.
+ALERT_BREAKER_OPEN_MINUTES = env.int("ALERT_BREAKER_OPEN_MINUTES", default=15)
+
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")

@@ -446,6 +446,87 @@ class AuditEventQuerySet(models.QuerySet):
         raise AppendOnlyError("audit events are append-only: use audit.audit_record")
 
 
+# --- Jobs, circuit breakers, incidents (issue 6) --------------------------------------------
+
+
+class JobLease(models.Model):
+    """Who is running a job right now, shared by every cluster on every machine: one row per job,
+    taken with a conditional UPDATE (free, or its lease expired) so that two runs of a job never
+    overlap. The holder renews `expires_at` while it works; a crashed holder's lease expires."""
+
+    job = models.CharField(max_length=60, primary_key=True)
+    holder = models.CharField(max_length=200, blank=True)
+    run = models.ForeignKey(
+        "SyncRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    acquired_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.job} held by {self.holder or 'nobody'}"
+
+
+class BreakerState(models.TextChoices):
+    CLOSED = "closed", _("Closed")
+    OPEN = "open", _("Open")
+    HALF_OPEN = "half_open", _("Half-open (probing)")
+
+
+class CircuitBreaker(models.Model):
+    """The circuit breaker of one remote system (dolibarr, stripe, aipress24, taler), shared by
+    every worker: opens after consecutive failures, fails calls fast while open, lets one probe
+    through after the cool-down."""
+
+    system = models.CharField(max_length=30, primary_key=True)
+    state = models.CharField(
+        max_length=10, choices=BreakerState.choices, default=BreakerState.CLOSED
+    )
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    # Half-open: the one probe's start; another worker may probe once this is old.
+    probe_started_at = models.DateTimeField(null=True, blank=True)
+    last_failure_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.system} breaker {self.state}"
+
+
+class IncidentKind(models.TextChoices):
+    BREAKER_OPEN = "breaker_open", _("Remote system unavailable")
+    JOB_FAILING = "job_failing", _("Job failing")
+
+
+class Incident(models.Model):
+    """Something the admins are told about once when it starts and once when it ends: a breaker
+    open too long, a job failing twice in a row. At most one open incident per kind and
+    subject (the system or the job)."""
+
+    kind = models.CharField(max_length=20, choices=IncidentKind.choices)
+    subject = models.CharField(max_length=60)
+    opened_at = models.DateTimeField(default=timezone.now)
+    alerted_at = models.DateTimeField(null=True, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    recovery_alerted_at = models.DateTimeField(null=True, blank=True)
+    details = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+
+    class Meta:
+        ordering = ["-opened_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "subject"],
+                condition=models.Q(resolved_at__isnull=True),
+                name="incident_one_open_per_subject",
+            )
+        ]
+
+    def __str__(self) -> str:
+        state = "resolved" if self.resolved_at else "open"
+        return f"{self.get_kind_display()} {self.subject} ({state})"
+
+
 class ActorType(models.TextChoices):
     USER = "user", _("User")
     SYSTEM = "system", _("System")

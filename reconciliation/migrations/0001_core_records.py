@@ -8,7 +8,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -17,130 +16,383 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Cursor',
+            name="Cursor",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('stream', models.CharField(max_length=80, unique=True)),
-                ('value', models.CharField(blank=True, max_length=255)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("stream", models.CharField(max_length=80, unique=True)),
+                ("value", models.CharField(blank=True, max_length=255)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
         ),
         migrations.CreateModel(
-            name='InboundEvent',
+            name="InboundEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('source', models.CharField(choices=[('stripe', 'Stripe'), ('aipress24', 'Aipress24'), ('taler', 'GNU Taler'), ('recurring', 'Recurring billing'), ('dolibarr', 'Dolibarr')], max_length=20)),
-                ('event_id', models.CharField(max_length=255)),
-                ('event_type', models.CharField(blank=True, max_length=120)),
-                ('received_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('headers', models.JSONField(blank=True, default=dict)),
-                ('body', models.TextField(blank=True)),
-                ('verified', models.BooleanField(default=False)),
-                ('processed_at', models.DateTimeField(blank=True, null=True)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('error', models.TextField(blank=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[
+                            ("stripe", "Stripe"),
+                            ("aipress24", "Aipress24"),
+                            ("taler", "GNU Taler"),
+                            ("recurring", "Recurring billing"),
+                            ("dolibarr", "Dolibarr"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("event_id", models.CharField(max_length=255)),
+                ("event_type", models.CharField(blank=True, max_length=120)),
+                ("received_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("headers", models.JSONField(blank=True, default=dict)),
+                ("body", models.TextField(blank=True)),
+                ("verified", models.BooleanField(default=False)),
+                ("processed_at", models.DateTimeField(blank=True, null=True)),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("error", models.TextField(blank=True)),
             ],
             options={
-                'ordering': ['-received_at'],
-                'indexes': [models.Index(fields=['processed_at'], name='inboundevent_processed')],
-                'constraints': [models.UniqueConstraint(fields=('source', 'event_id'), name='inboundevent_unique')],
+                "ordering": ["-received_at"],
+                "indexes": [models.Index(fields=["processed_at"], name="inboundevent_processed")],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("source", "event_id"), name="inboundevent_unique"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='SyncRecord',
+            name="SyncRecord",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('source', models.CharField(choices=[('stripe', 'Stripe'), ('aipress24', 'Aipress24'), ('taler', 'GNU Taler'), ('recurring', 'Recurring billing'), ('dolibarr', 'Dolibarr')], max_length=20)),
-                ('kind', models.CharField(help_text='Object kind at the source, e.g. invoice', max_length=40)),
-                ('external_id', models.CharField(help_text='Identity at the source', max_length=255)),
-                ('snapshot', models.JSONField(default=dict, encoder=django.core.serializers.json.DjangoJSONEncoder)),
-                ('snapshot_hash', models.CharField(max_length=64)),
-                ('state', models.CharField(choices=[('pending', 'Pending'), ('in_progress', 'In progress'), ('synced', 'Synced'), ('failed', 'Failed'), ('needs_review', 'Needs review'), ('skipped', 'Skipped')], db_index=True, default='pending', max_length=20)),
-                ('dolibarr_kind', models.CharField(blank=True, max_length=40)),
-                ('dolibarr_id', models.PositiveBigIntegerField(blank=True, null=True)),
-                ('dolibarr_ref', models.CharField(blank=True, max_length=128)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('next_attempt_at', models.DateTimeField(blank=True, null=True)),
-                ('last_attempt_at', models.DateTimeField(blank=True, null=True)),
-                ('last_error', models.TextField(blank=True)),
-                ('synced_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[
+                            ("stripe", "Stripe"),
+                            ("aipress24", "Aipress24"),
+                            ("taler", "GNU Taler"),
+                            ("recurring", "Recurring billing"),
+                            ("dolibarr", "Dolibarr"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        help_text="Object kind at the source, e.g. invoice", max_length=40
+                    ),
+                ),
+                (
+                    "external_id",
+                    models.CharField(help_text="Identity at the source", max_length=255),
+                ),
+                (
+                    "snapshot",
+                    models.JSONField(
+                        default=dict, encoder=django.core.serializers.json.DjangoJSONEncoder
+                    ),
+                ),
+                ("snapshot_hash", models.CharField(max_length=64)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("in_progress", "In progress"),
+                            ("synced", "Synced"),
+                            ("failed", "Failed"),
+                            ("needs_review", "Needs review"),
+                            ("skipped", "Skipped"),
+                        ],
+                        db_index=True,
+                        default="pending",
+                        max_length=20,
+                    ),
+                ),
+                ("dolibarr_kind", models.CharField(blank=True, max_length=40)),
+                ("dolibarr_id", models.PositiveBigIntegerField(blank=True, null=True)),
+                ("dolibarr_ref", models.CharField(blank=True, max_length=128)),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("next_attempt_at", models.DateTimeField(blank=True, null=True)),
+                ("last_attempt_at", models.DateTimeField(blank=True, null=True)),
+                ("last_error", models.TextField(blank=True)),
+                ("synced_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['-updated_at'],
-                'indexes': [models.Index(fields=['state', 'next_attempt_at'], name='syncrecord_due'), models.Index(fields=['dolibarr_kind', 'dolibarr_id'], name='syncrecord_dolibarr')],
-                'constraints': [models.UniqueConstraint(fields=('source', 'kind', 'external_id'), name='syncrecord_unique_source_identity')],
+                "ordering": ["-updated_at"],
+                "indexes": [
+                    models.Index(fields=["state", "next_attempt_at"], name="syncrecord_due"),
+                    models.Index(
+                        fields=["dolibarr_kind", "dolibarr_id"], name="syncrecord_dolibarr"
+                    ),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("source", "kind", "external_id"),
+                        name="syncrecord_unique_source_identity",
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='AuditEvent',
+            name="AuditEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('occurred_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('actor_type', models.CharField(choices=[('user', 'User'), ('system', 'System'), ('client', 'API client')], max_length=10)),
-                ('actor_label', models.CharField(max_length=150)),
-                ('action', models.CharField(db_index=True, max_length=80)),
-                ('target_type', models.CharField(blank=True, max_length=60)),
-                ('target_id', models.CharField(blank=True, max_length=255)),
-                ('target_label', models.CharField(blank=True, max_length=300)),
-                ('before', models.JSONField(blank=True, default=dict, encoder=django.core.serializers.json.DjangoJSONEncoder)),
-                ('after', models.JSONField(blank=True, default=dict, encoder=django.core.serializers.json.DjangoJSONEncoder)),
-                ('reason', models.TextField(blank=True)),
-                ('actor', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "occurred_at",
+                    models.DateTimeField(db_index=True, default=django.utils.timezone.now),
+                ),
+                (
+                    "actor_type",
+                    models.CharField(
+                        choices=[("user", "User"), ("system", "System"), ("client", "API client")],
+                        max_length=10,
+                    ),
+                ),
+                ("actor_label", models.CharField(max_length=150)),
+                ("action", models.CharField(db_index=True, max_length=80)),
+                ("target_type", models.CharField(blank=True, max_length=60)),
+                ("target_id", models.CharField(blank=True, max_length=255)),
+                ("target_label", models.CharField(blank=True, max_length=300)),
+                (
+                    "before",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        encoder=django.core.serializers.json.DjangoJSONEncoder,
+                    ),
+                ),
+                (
+                    "after",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        encoder=django.core.serializers.json.DjangoJSONEncoder,
+                    ),
+                ),
+                ("reason", models.TextField(blank=True)),
+                (
+                    "actor",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-occurred_at', '-id'],
-                'indexes': [models.Index(fields=['target_type', 'target_id'], name='audit_target')],
+                "ordering": ["-occurred_at", "-id"],
+                "indexes": [models.Index(fields=["target_type", "target_id"], name="audit_target")],
             },
         ),
         migrations.CreateModel(
-            name='Mismatch',
+            name="Mismatch",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('missing_in_dolibarr', 'Missing in Dolibarr'), ('missing_at_source', 'Orphan in Dolibarr (unknown at source)'), ('duplicate_in_dolibarr', 'Duplicate in Dolibarr'), ('total_differs', 'Total differs'), ('status_differs', 'Status differs'), ('payment_unlinked', 'Payment not linked'), ('refund_missing', 'Refund missing'), ('currency_unsupported', 'Currency not supported'), ('customer_conflict', 'Customer conflict'), ('payout_unbalanced', 'Payout unbalanced'), ('balance_differs', 'Balance differs'), ('sync_failed', 'Sync failed')], db_index=True, max_length=40)),
-                ('severity', models.CharField(choices=[('info', 'Info'), ('warning', 'Warning'), ('critical', 'Critical')], default='warning', max_length=10)),
-                ('fingerprint', models.CharField(help_text='Same difference detected again = same row', max_length=64, unique=True)),
-                ('summary', models.CharField(max_length=300)),
-                ('amount_difference', models.DecimalField(blank=True, decimal_places=8, max_digits=24, null=True)),
-                ('currency', models.CharField(blank=True, max_length=3)),
-                ('source_snapshot', models.JSONField(blank=True, default=dict, encoder=django.core.serializers.json.DjangoJSONEncoder)),
-                ('dolibarr_snapshot', models.JSONField(blank=True, default=dict, encoder=django.core.serializers.json.DjangoJSONEncoder)),
-                ('proposed_fix', models.CharField(blank=True, max_length=60)),
-                ('proposed_fix_params', models.JSONField(blank=True, default=dict, encoder=django.core.serializers.json.DjangoJSONEncoder)),
-                ('state', models.CharField(choices=[('open', 'Open'), ('approved', 'Approved'), ('resolved', 'Resolved'), ('ignored', 'Ignored')], db_index=True, default='open', max_length=10)),
-                ('decided_at', models.DateTimeField(blank=True, null=True)),
-                ('note', models.TextField(blank=True)),
-                ('detected_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('last_seen_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('closed_at', models.DateTimeField(blank=True, null=True)),
-                ('decided_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('record', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='mismatches', to='reconciliation.syncrecord')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("missing_in_dolibarr", "Missing in Dolibarr"),
+                            ("missing_at_source", "Orphan in Dolibarr (unknown at source)"),
+                            ("duplicate_in_dolibarr", "Duplicate in Dolibarr"),
+                            ("total_differs", "Total differs"),
+                            ("status_differs", "Status differs"),
+                            ("payment_unlinked", "Payment not linked"),
+                            ("refund_missing", "Refund missing"),
+                            ("currency_unsupported", "Currency not supported"),
+                            ("customer_conflict", "Customer conflict"),
+                            ("payout_unbalanced", "Payout unbalanced"),
+                            ("balance_differs", "Balance differs"),
+                            ("sync_failed", "Sync failed"),
+                        ],
+                        db_index=True,
+                        max_length=40,
+                    ),
+                ),
+                (
+                    "severity",
+                    models.CharField(
+                        choices=[
+                            ("info", "Info"),
+                            ("warning", "Warning"),
+                            ("critical", "Critical"),
+                        ],
+                        default="warning",
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "fingerprint",
+                    models.CharField(
+                        help_text="Same difference detected again = same row",
+                        max_length=64,
+                        unique=True,
+                    ),
+                ),
+                ("summary", models.CharField(max_length=300)),
+                (
+                    "amount_difference",
+                    models.DecimalField(blank=True, decimal_places=8, max_digits=24, null=True),
+                ),
+                ("currency", models.CharField(blank=True, max_length=3)),
+                (
+                    "source_snapshot",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        encoder=django.core.serializers.json.DjangoJSONEncoder,
+                    ),
+                ),
+                (
+                    "dolibarr_snapshot",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        encoder=django.core.serializers.json.DjangoJSONEncoder,
+                    ),
+                ),
+                ("proposed_fix", models.CharField(blank=True, max_length=60)),
+                (
+                    "proposed_fix_params",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        encoder=django.core.serializers.json.DjangoJSONEncoder,
+                    ),
+                ),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("open", "Open"),
+                            ("approved", "Approved"),
+                            ("resolved", "Resolved"),
+                            ("ignored", "Ignored"),
+                        ],
+                        db_index=True,
+                        default="open",
+                        max_length=10,
+                    ),
+                ),
+                ("decided_at", models.DateTimeField(blank=True, null=True)),
+                ("note", models.TextField(blank=True)),
+                ("detected_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("last_seen_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("closed_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "decided_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "record",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="mismatches",
+                        to="reconciliation.syncrecord",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'mismatches',
-                'ordering': ['-last_seen_at'],
-                'indexes': [models.Index(fields=['state', 'kind'], name='mismatch_state_kind')],
+                "verbose_name_plural": "mismatches",
+                "ordering": ["-last_seen_at"],
+                "indexes": [models.Index(fields=["state", "kind"], name="mismatch_state_kind")],
             },
         ),
         migrations.CreateModel(
-            name='SyncRun',
+            name="SyncRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('job', models.CharField(db_index=True, max_length=60)),
-                ('trigger', models.CharField(choices=[('schedule', 'Schedule'), ('manual', 'Manual'), ('webhook', 'Webhook')], default='schedule', max_length=10)),
-                ('state', models.CharField(choices=[('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('deferred', 'Deferred')], default='running', max_length=10)),
-                ('started_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('counts', models.JSONField(blank=True, default=dict)),
-                ('cursor_before', models.CharField(blank=True, max_length=255)),
-                ('cursor_after', models.CharField(blank=True, max_length=255)),
-                ('error', models.TextField(blank=True)),
-                ('started_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("job", models.CharField(db_index=True, max_length=60)),
+                (
+                    "trigger",
+                    models.CharField(
+                        choices=[
+                            ("schedule", "Schedule"),
+                            ("manual", "Manual"),
+                            ("webhook", "Webhook"),
+                        ],
+                        default="schedule",
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("running", "Running"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                            ("deferred", "Deferred"),
+                        ],
+                        default="running",
+                        max_length=10,
+                    ),
+                ),
+                ("started_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("counts", models.JSONField(blank=True, default=dict)),
+                ("cursor_before", models.CharField(blank=True, max_length=255)),
+                ("cursor_after", models.CharField(blank=True, max_length=255)),
+                ("error", models.TextField(blank=True)),
+                (
+                    "started_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-started_at'],
-                'indexes': [models.Index(fields=['job', '-started_at'], name='syncrun_job_latest')],
+                "ordering": ["-started_at"],
+                "indexes": [models.Index(fields=["job", "-started_at"], name="syncrun_job_latest")],
             },
         ),
     ]

@@ -5,24 +5,32 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('reconciliation', '0001_core_records'),
+        ("reconciliation", "0001_core_records"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='RemoteCreation',
+            name="RemoteCreation",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(max_length=40)),
-                ('ref_ext', models.CharField(max_length=255)),
-                ('remote_id', models.PositiveBigIntegerField(blank=True, null=True)),
-                ('noted_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('confirmed_at', models.DateTimeField(blank=True, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("kind", models.CharField(max_length=40)),
+                ("ref_ext", models.CharField(max_length=255)),
+                ("remote_id", models.PositiveBigIntegerField(blank=True, null=True)),
+                ("noted_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("confirmed_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('kind', 'ref_ext'), name='remotecreation_unique')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("kind", "ref_ext"), name="remotecreation_unique"
+                    )
+                ],
             },
         ),
     ]
