@@ -201,6 +201,7 @@ EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
 vars().update(EMAIL_CONFIG)
 ADMINS = [tuple(pair.split(":", 1)) for pair in env.list("ADMINS", default=[]) if ":" in pair]
 SERVER_EMAIL = env.str("SERVER_EMAIL", default="ap24sync@localhost")
+EMAIL_SUBJECT_PREFIX = "[ap24sync] "
 DEFAULT_FROM_EMAIL = SERVER_EMAIL
 
 # --- Security (production) ------------------------------------------------------------------

@@ -73,3 +73,8 @@ class UnknownCurrency(Ap24SyncError, ValueError):
 
 class InvalidTransition(Ap24SyncError):
     """A state change that the record's current state does not allow."""
+
+
+class CircuitOpenError(TransientError):
+    """The remote system's circuit breaker is open: no call was made (`resilience`). The work
+    is deferred, not failed; it goes on once a probe finds the system back."""
