@@ -12,8 +12,10 @@ import copy
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from io import StringIO
 
 import pytest
+from django.core.management import call_command
 
 from reconciliation.connectors.dolibarr import DolibarrClient
 from reconciliation.connectors.dolibarr_types import InvoiceStatus, InvoiceType
@@ -52,13 +54,21 @@ def dataset():
 
 
 @pytest.fixture
-def stripe(dataset):
+def stripe_sandbox(dataset):
     sandbox = StripeSandbox(api_key=STRIPE_TEST_KEY, data=dataset)
     sandbox.start()
-    yield StripeConnector(
-        api_key=STRIPE_TEST_KEY, api_base=sandbox.base_url, max_network_retries=0, timeout=5.0
-    )
+    yield sandbox
     sandbox.stop()
+
+
+@pytest.fixture
+def stripe(stripe_sandbox):
+    return StripeConnector(
+        api_key=STRIPE_TEST_KEY,
+        api_base=stripe_sandbox.base_url,
+        max_network_retries=0,
+        timeout=5.0,
+    )
 
 
 @pytest.fixture
@@ -87,7 +97,7 @@ def client(sandbox, dolibarr_api_key):
 
 
 @pytest.fixture
-def context(settings, client, sandbox, stripe):
+def configured(settings):
     settings.DOLIBARR_MULTICURRENCY = True
     settings.DOLIBARR_STRIPE_BANK_ACCOUNTS = {
         "GBP": "STRIPE-GBP",
@@ -96,6 +106,11 @@ def context(settings, client, sandbox, stripe):
     }
     settings.DOLIBARR_PAYOUT_BANK_ACCOUNTS = {"GBP": "BANK-GBP"}
     settings.DOLIBARR_PAYOUT_BANK_ACCOUNT = "MAIN"
+    return settings
+
+
+@pytest.fixture
+def context(configured, client, sandbox, stripe):
     stripe_pull_all(connector=stripe)
     return context_for(client, stripe, url=sandbox.api_url)
 
@@ -288,3 +303,28 @@ def test_rerunning_a_multicurrency_backlog_makes_no_dolibarr_call(context, clien
     stripe_pull_all(connector=stripe)
     sync_until_settled(context)
     assert sum(client.call_counts.values()) == 0
+
+
+def test_a_dry_run_plans_pound_invoices_in_pounds_and_writes_nothing(
+    configured, sandbox, dolibarr_api_key, stripe_sandbox, client, dataset
+):
+    configured.DOLIBARR_URL = sandbox.api_url
+    configured.DOLIBARR_API_KEY = dolibarr_api_key
+    configured.STRIPE_API_KEY = STRIPE_TEST_KEY
+    configured.STRIPE_API_BASE = stripe_sandbox.base_url
+    configured.STRIPE_MAX_NETWORK_RETRIES = 0
+    out = StringIO()
+    call_command("stripe_sync", "--dry-run", stdout=out, stderr=StringIO())
+    output = out.getvalue()
+
+    pound_invoice = _source(dataset, "invoices", "gbp")[0]["id"]
+    assert f"  create invoice {pound_invoice} in GBP [invoice {pound_invoice}]" in output
+    assert any(
+        line.startswith("  create payment pi_")
+        and line.endswith(f" in GBP [invoice {pound_invoice}]")
+        for line in output.splitlines()
+    )
+    assert f"{pound_invoice}: flagged" not in output
+    yen_invoice = _source(dataset, "invoices", "jpy")[0]["id"]
+    assert f"{yen_invoice}: flagged currency_unsupported" in output
+    assert client.list_invoices(limit=1).total == 0

@@ -222,13 +222,18 @@ class PlannedWrite:
     record: str = ""
 
     def line(self) -> str:
-        """`create invoice in_… [invoice in_…]`, `validate invoice new#13 [invoice in_…]`."""
+        """`create invoice in_… [invoice in_…]`, `validate invoice new#13 [invoice in_…]`;
+        a document or payment in another currency than the company's says so (`… in GBP`)."""
         what = self.method.replace("_", " ")
         label = self.details.get("ref_ext") or self.target
         if isinstance(label, str) and label.startswith("-"):
             label = f"new#{label[1:]}"
+        currency = self.details.get("multicurrency_code") or (
+            self.details.get("currency") if self.details.get("in_document_currency") else None
+        )
+        in_currency = f" in {currency}" if currency else ""
         suffix = f" [{self.record}]" if self.record else ""
-        return f"{what} {label}{suffix}"
+        return f"{what} {label}{in_currency}{suffix}"
 
 
 @dataclass
