@@ -6,11 +6,12 @@ bank (payouts) are written here, so that the account's balance in Dolibarr can b
 against Stripe's own balance (`stripe_balance.py`):
 
 - a balance transaction with a fee -> one bank line of `-fee` on the Stripe account of its
-  currency (the company currency's, or another one's with the multicurrency module), found again by `num_chq` = the `txn_…` id (the bank-lines list filters on bare
-  columns, `(num_chq:=:'…')`, 119, 163);
+  currency (the company currency's, or another one's with the multicurrency module), found
+  again by `num_chq` = the `txn_…` id (the bank-lines list filters on bare columns,
+  `(num_chq:=:'…')`, 119, 163);
 - a `paid` payout -> one internal transfer from the Stripe account of its currency to the
-  payout account of that currency, found again by its label, which holds the `po_…` id (the transfer's
-  `cheque_number` is stored where the API never shows it, 126, 128).
+  payout account of that currency, found again by its label, which holds the `po_…` id (the
+  transfer's `cheque_number` is stored where the API never shows it, 126, 128).
 
 Neither bank lines nor transfers make Dolibarr allocate a number (`llx_bank` has no ref), so these
 handlers do **not** take the numbered-write lane: the look-up that guards each write only has to
