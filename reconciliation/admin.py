@@ -1,23 +1,33 @@
 """Admin registration of the core records. The admin shows and filters; it never writes state
 directly: records, mismatches, runs and events change only through `reconciliation.services`, and
-audit events are read-only."""
+audit events are read-only. Circuit breakers, incidents and job leases are written only by
+the jobs and the breakers themselves; the admin shows them, and the status page
+(`/admin/status/`, linked from the admin index) sums them up."""
 
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.utils import timezone
+from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
 
 from reconciliation.errors import Ap24SyncError, InvalidTransition
 from reconciliation.models import (
     AuditEvent,
+    CircuitBreaker,
     Cursor,
     InboundEvent,
+    Incident,
+    JobLease,
     Mismatch,
     SyncRecord,
     SyncRun,
 )
 from reconciliation.services.records import record_retry
 from reconciliation.sync.stripe_events import Result, stripe_events_reprocess
+
+# The admin index links to the status page (reconciliation.health.status_page).
+admin.site.index_template = "reconciliation/admin_index.html"
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -159,3 +169,64 @@ class AuditEventAdmin(ReadOnlyAdmin):
     search_fields = ("actor_label", "target_id", "target_label", "reason")
     date_hierarchy = "occurred_at"
     readonly_fields = [f.name for f in AuditEvent._meta.fields]
+
+
+@admin.register(CircuitBreaker)
+class CircuitBreakerAdmin(ReadOnlyAdmin):
+    list_display = (
+        "system",
+        "state",
+        "consecutive_failures",
+        "opened_at",
+        "last_success_at",
+        "last_failure_at",
+        "last_error_short",
+    )
+    list_filter = ("state",)
+    readonly_fields = [f.name for f in CircuitBreaker._meta.fields]
+
+    @admin.display(description=_("last error"))
+    def last_error_short(self, breaker):
+        return Truncator(breaker.last_error).chars(120)
+
+
+class IncidentStatusFilter(admin.SimpleListFilter):
+    title = _("status")
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [("open", _("Open")), ("resolved", _("Resolved"))]
+
+    def queryset(self, request, queryset):
+        if self.value() == "open":
+            return queryset.filter(resolved_at__isnull=True)
+        if self.value() == "resolved":
+            return queryset.filter(resolved_at__isnull=False)
+        return queryset
+
+
+@admin.register(Incident)
+class IncidentAdmin(ReadOnlyAdmin):
+    list_display = (
+        "kind",
+        "subject",
+        "opened_at",
+        "alerted_at",
+        "resolved_at",
+        "recovery_alerted_at",
+    )
+    list_filter = (IncidentStatusFilter, "kind", "subject")
+    search_fields = ("subject",)
+    date_hierarchy = "opened_at"
+    readonly_fields = [f.name for f in Incident._meta.fields]
+
+
+@admin.register(JobLease)
+class JobLeaseAdmin(ReadOnlyAdmin):
+    list_display = ("job", "held", "holder", "run", "acquired_at", "expires_at")
+    list_select_related = ("run",)
+    readonly_fields = [f.name for f in JobLease._meta.fields]
+
+    @admin.display(description=_("held"), boolean=True)
+    def held(self, lease):
+        return bool(lease.holder and lease.expires_at and lease.expires_at > timezone.now())

@@ -1,10 +1,10 @@
-"""The app's URLs: inbound webhooks (machine clients, no login)."""
+"""The app's URLs for machine clients, without login: inbound webhooks and the health probe."""
 
 from __future__ import annotations
 
 from django.urls import re_path
 
-from reconciliation import webhooks
+from reconciliation import health, webhooks
 
 app_name = "reconciliation"
 
@@ -12,4 +12,6 @@ urlpatterns = [
     # With or without the trailing slash: Stripe does not follow the redirect APPEND_SLASH
     # would answer, and a POST cannot be redirected without losing its body anyway.
     re_path(r"^webhooks/stripe/?$", webhooks.stripe_webhook, name="stripe-webhook"),
+    # Load balancers probe the exact path they are given, and follow no redirect.
+    re_path(r"^healthz/?$", health.healthz, name="healthz"),
 ]
