@@ -137,7 +137,7 @@ DOLIBARR_URL = env.str("DOLIBARR_URL", default="")
 DOLIBARR_API_KEY = env.str("DOLIBARR_API_KEY", default="")
 DOLIBARR_CONNECT_TIMEOUT = env.float("DOLIBARR_CONNECT_TIMEOUT", default=3.05)
 DOLIBARR_READ_TIMEOUT = env.float("DOLIBARR_READ_TIMEOUT", default=30.0)
-DOLIBARR_MAX_RETRIES = env.int("DOLIBARR_MAX_RETRIES", default=3)
+DOLIBARR_MAX_RETRIES = env.int("DOLIBARR_MAX_RETRIES", default=5)  # backoff 1, 2, 4, 8, 16 s
 DOLIBARR_UI_URL = env.str("DOLIBARR_UI_URL", default="")
 # Bank accounts by their Dolibarr ref (resolved to ids at run time, never hard-coded ids).
 DOLIBARR_STRIPE_BANK_ACCOUNT = env.str("DOLIBARR_STRIPE_BANK_ACCOUNT", default="STRIPE")
@@ -171,7 +171,7 @@ ALERT_BREAKER_OPEN_MINUTES = env.int("ALERT_BREAKER_OPEN_MINUTES", default=15)
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
-STRIPE_MAX_NETWORK_RETRIES = env.int("STRIPE_MAX_NETWORK_RETRIES", default=2)
+STRIPE_MAX_NETWORK_RETRIES = env.int("STRIPE_MAX_NETWORK_RETRIES", default=5)
 STRIPE_WEBHOOK_MAX_BYTES = env.int("STRIPE_WEBHOOK_MAX_BYTES", default=262144)
 
 # Values that must never appear in logs, pages or audit payloads (see reconciliation.logs).

@@ -76,5 +76,6 @@ class InvalidTransition(Ap24SyncError):
 
 
 class CircuitOpenError(TransientError):
-    """The remote system's circuit breaker is open: no call was made (`resilience`). The work
-    is deferred, not failed; it goes on once a probe finds the system back."""
+    """The remote system's circuit breaker is open (`resilience`): no call was made — or, for
+    the attempt whose failure opened it, that call failed (the message says which). The work is
+    deferred, not failed; it goes on once a probe finds the system back."""

@@ -17,6 +17,10 @@ Failures become the project's own exceptions:
 * `AuthenticationError` (401, and 403 other than the injection filter), `NotFoundError` (404),
   `PermanentError` (other 4xx, unreadable answers), `UnsafeFilterValue` (a search value that
   cannot be placed in a filter, refused before any request is sent).
+* `CircuitOpenError` (a `TransientError`) — Dolibarr's circuit breaker (`resilience`) is open:
+  no request was sent. Each attempt, retries included, asks the breaker first and tells it how
+  it went, so a retry loop stops as soon as the breaker opens. A client made by `from_settings`
+  uses the process's breaker; one built by hand has none unless given one.
 
 The API key is sent in the `DOLAPIKEY` header of each request and appears nowhere else: not in
 `repr`, not in exception messages (built from the status and Dolibarr's own message only), not in
@@ -39,7 +43,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
@@ -80,13 +84,18 @@ from reconciliation.connectors.dolibarr_types import (
 from reconciliation.connectors.sqlfilters import SqlFilter, any_of, equals
 from reconciliation.errors import (
     AuthenticationError,
+    CircuitOpenError,
     ConfigurationError,
     NotFoundError,
     PermanentError,
+    RemoteError,
     TransientError,
     UnsafeFilterValue,
 )
 from reconciliation.money import format_dolibarr_amount, format_dolibarr_price, to_decimal
+
+if TYPE_CHECKING:
+    from reconciliation.resilience import Breaker
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +164,7 @@ class DolibarrClient:
         read_timeout: float = 30,
         max_retries: int = 3,
         backoff_base: float = 1.0,
+        breaker: Breaker | None = None,
     ) -> None:
         if not base_url:
             raise ConfigurationError("DOLIBARR_URL is not set; see .env.example")
@@ -177,15 +187,22 @@ class DolibarrClient:
         self._timeout = (connect_timeout, read_timeout)
         self.max_retries = max_retries
         self.backoff_base = backoff_base
+        self.breaker = breaker
         self.call_counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._payment_type_ids: dict[str, int] | None = None
 
     @classmethod
-    def from_settings(cls, *, session: requests.Session | None = None) -> DolibarrClient:
+    def from_settings(
+        cls, *, session: requests.Session | None = None, guarded: bool = True
+    ) -> DolibarrClient:
         """A client configured from the environment (read now, never at import). A missing
-        variable is one line: `DOLIBARR_URL is not set; see .env.example`."""
+        variable is one line: `DOLIBARR_URL is not set; see .env.example`. `guarded`: behind the
+        process's Dolibarr circuit breaker (a diagnostic that must reach Dolibarr whatever the
+        breaker says passes False)."""
         from django.conf import settings
+
+        from reconciliation.resilience import breaker_for
 
         return cls(
             base_url=setting_required("DOLIBARR_URL"),
@@ -194,6 +211,7 @@ class DolibarrClient:
             connect_timeout=settings.DOLIBARR_CONNECT_TIMEOUT,
             read_timeout=settings.DOLIBARR_READ_TIMEOUT,
             max_retries=settings.DOLIBARR_MAX_RETRIES,
+            breaker=breaker_for(SYSTEM) if guarded else None,
         )
 
     def __repr__(self) -> str:
@@ -1243,9 +1261,13 @@ class DolibarrClient:
         attempt = 0
         while True:
             try:
-                return self._send(method, url, endpoint, query, data)
+                return self._attempt(method, url, endpoint, query, data)
             except TransientError as exc:
-                if not repeatable or attempt >= self.max_retries:
+                if (
+                    isinstance(exc, CircuitOpenError)
+                    or not repeatable
+                    or attempt >= self.max_retries
+                ):
                     raise
                 delay = self._backoff_delay(attempt, exc.retry_after)
                 attempt += 1
@@ -1261,7 +1283,31 @@ class DolibarrClient:
                 if delay > 0:
                     time.sleep(delay)
 
+    def _attempt(
+        self, method: str, url: str, endpoint: str, query: dict[str, str], data: bytes | None
+    ) -> Any:
+        """One HTTP attempt behind the breaker: asked first (CircuitOpenError, nothing sent,
+        while it is open), told after. Any answer but 429/5xx is a success for it: a 404 or a
+        refused key says Dolibarr is up."""
+        breaker = self.breaker
+        if breaker is None:
+            return self._send(method, url, endpoint, query, data)
+        ticket = breaker.before_call(endpoint=endpoint)
+        try:
+            answer = self._send(method, url, endpoint, query, data)
+        except TransientError as exc:
+            if breaker.record_failure(ticket, exc):
+                raise breaker.open_error(exc, endpoint=endpoint) from exc
+            raise
+        except RemoteError as exc:
+            if exc.status is not None:  # an answer; not a request that could not be sent
+                breaker.record_success(ticket)
+            raise
+        breaker.record_success(ticket)
+        return answer
+
     def _backoff_delay(self, attempt: int, retry_after: float | None) -> float:
+        """1, 2, 4, 8, 16 … s (`backoff_base` 1) ±20 %, or longer when the remote asked so."""
         nominal = self.backoff_base * (2**attempt)
         delay = nominal * random.uniform(0.8, 1.2)
         if retry_after is not None:

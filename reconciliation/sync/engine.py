@@ -23,6 +23,11 @@ Failures: a transient error (connection, timeout, 5xx, 429, a busy lane) is retr
 a growing, jittered delay until `SYNC_MAX_ATTEMPTS`, then the record fails with a `sync_failed`
 mismatch; a permanent error fails it at once, with the error text. A rejected API key or a
 missing setting stops the run instead: it is not the record's fault.
+
+A remote whose circuit breaker is open (`CircuitOpenError`, `resilience`) defers the run: it
+stops, every record it had claimed and not finished goes back to pending untouched (its attempt
+given back), and `sync_due` raises the CircuitOpenError, for the job to be recorded as deferred.
+A run that starts while Dolibarr's breaker is open and no probe is due claims nothing.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from reconciliation.connectors.dolibarr_types import BankAccount
 from reconciliation.errors import (
     Ap24SyncError,
     AuthenticationError,
+    CircuitOpenError,
     ConfigurationError,
     NotFoundError,
     RemoteError,
@@ -300,6 +306,10 @@ def sync_due(
     (one inside a transaction or on an in-memory database) and return how many ended in each
     outcome (`synced`, `needs_review`, `skipped`, `waiting`, `retry`, `failed`, `processed`).
 
+    A CircuitOpenError from any remote ends the run and is raised once the claimed records are
+    given back; it is raised before anything is claimed when Dolibarr's breaker is open with no
+    probe due.
+
     In a dry run nothing is claimed or recorded and nothing remote is written: the handlers run
     against `PlanningDolibarr`, whose `plan` and `outcomes` say what would happen."""
     workers = workers if workers is not None else settings.SYNC_WORKERS
@@ -311,6 +321,9 @@ def sync_due(
         workers = 1
     lease = lease if lease is not None else timedelta(minutes=settings.SYNC_LEASE_MINUTES)
     max_attempts = max_attempts if max_attempts is not None else settings.SYNC_MAX_ATTEMPTS
+    breaker = getattr(context.dolibarr, "breaker", None)
+    if breaker is not None:
+        breaker.check()  # CircuitOpenError: nothing claimed, nothing sent
     run = _Run(limit=limit, progress=progress)
     options: dict[str, Any] = {
         "lease": lease,
@@ -515,7 +528,13 @@ def _work(
         run.give_back(wanted - len(batch))
         if not batch:
             return
-        batch_context = replace(context, known=_look_up(batch, context, run.cache))
+        try:
+            known = _look_up(batch, context, run.cache)
+        except CircuitOpenError as exc:
+            _defer(batch, exc)
+            run.fail(exc)
+            return
+        batch_context = replace(context, known=known)
         settled: list[Settled] = []
         try:
             for position, record in enumerate(batch):
@@ -563,6 +582,8 @@ def _look_up(batch: list[SyncRecord], context: SyncContext, cache: RunCache) -> 
                 ),
             )
         return known
+    except CircuitOpenError:
+        raise
     except RemoteError as exc:
         logger.warning("batched look-up failed (%s); records look themselves up", exc)
         return KnownObjects(run=cache)
@@ -628,6 +649,12 @@ def _settle(
         record_mark_waiting(record_id=record.pk, reason=str(result), delay=delay_for(1))
         run.fail(result)
         return "waiting"
+    if isinstance(result, CircuitOpenError):
+        # The remote is down, not this record: back to pending, its attempt given back, due
+        # again at once (the breaker, not the record, says when to try).
+        _defer([record], result)
+        run.fail(result)
+        return "deferred"
     if isinstance(result, TransientError):
         if record.attempts < max_attempts:
             delay = delay_for(record.attempts)
@@ -645,6 +672,12 @@ def _settle(
         record_id=record.pk, error=error, mismatch=_sync_failed(record, error)
     )
     return "failed"
+
+
+def _defer(records: Iterable[SyncRecord], exc: CircuitOpenError) -> None:
+    reason = f"deferred: {exc}"
+    for record in records:
+        record_mark_waiting(record_id=record.pk, reason=reason, delay=timedelta(0))
 
 
 def _sync_failed(record: SyncRecord, error: str) -> MismatchSpec:
@@ -690,7 +723,7 @@ def _plan_phase(run: _Run, context: SyncContext, phase: tuple[str, ...], batch_s
                     if function is not None
                     else Skipped(f"no handler syncs {record.source} {record.kind} records")
                 )
-            except (AuthenticationError, ConfigurationError) as exc:
+            except (AuthenticationError, ConfigurationError, CircuitOpenError) as exc:
                 run.fail(exc)
                 return
             except Exception as exc:  # shown in the plan

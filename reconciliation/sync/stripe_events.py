@@ -10,7 +10,9 @@ error, for the admin action "Reprocess selected events" and for the next events 
 
 The events pull reads `/v1/events` oldest first after the event cursor and moves the cursor only
 past events that were stored and processed: the first failure ends the run (a failed run never
-moves a cursor), and the next run starts again before that event.
+moves a cursor), and the next run starts again before that event. An open Stripe breaker
+(`CircuitOpenError`) leaves the event as it was, unprocessed and not failed, and ends the run as
+deferred.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ from django.utils import timezone
 
 from reconciliation.audit import audit_record
 from reconciliation.connectors.stripe import StripeConnector
-from reconciliation.errors import Ap24SyncError, InvalidTransition, NotFoundError, RemoteError
+from reconciliation.errors import (
+    Ap24SyncError,
+    CircuitOpenError,
+    InvalidTransition,
+    NotFoundError,
+    RemoteError,
+)
 from reconciliation.models import InboundEvent, RunState, Source, SyncRun, Trigger
 from reconciliation.services.events import (
     inbound_event_failed,
@@ -181,7 +189,11 @@ def stripe_event_apply(
 def stripe_event_process(*, event_id: int, connector: StripeConnector) -> EventOutcome:
     """Process one stored Stripe event once. Any failure is kept on the event (its text shown in
     the admin) rather than raised, so that a webhook task, the events pull and the admin action
-    all see the same outcome; a second processing of a processed event does nothing."""
+    all see the same outcome; a second processing of a processed event does nothing.
+
+    An open Stripe breaker is not the event's failure: nothing was tried, so the event is left
+    untouched (no error, no attempt counted) and the CircuitOpenError raised; the events pull
+    processes it once Stripe is back."""
     event = InboundEvent.objects.get(pk=event_id)
     if event.processed_at is not None:
         return EventOutcome(event, Result.ALREADY_PROCESSED)
@@ -192,6 +204,8 @@ def stripe_event_process(*, event_id: int, connector: StripeConnector) -> EventO
         if not isinstance(payload, dict):
             raise ValueError("the stored body is not a JSON object")
         effect, observed = stripe_event_apply(payload=payload, connector=connector)
+    except CircuitOpenError:
+        raise
     except Exception as exc:  # every failure must end on the event, visible and retryable
         error = str(exc) if isinstance(exc, RemoteError) else f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, RemoteError | ValueError | KeyError):
@@ -294,7 +308,8 @@ def stripe_events_pull(
 
     A listing failure or the first event that fails ends the run as failed, with the cursor
     where it was, and raises (RemoteError, or EventFailed) so that the scheduler sees it; the
-    failed event keeps its error. With nothing new the run costs one Stripe call."""
+    failed event keeps its error. An open Stripe breaker ends it as deferred, cursor unchanged,
+    and raises the CircuitOpenError. With nothing new the run costs one Stripe call."""
     run = run_start(job=EVENTS_JOB, trigger=trigger)
     cursor = EventCursor.parse(run.cursor_before)
     newest = cursor
@@ -322,8 +337,16 @@ def stripe_events_pull(
                 break
             newest = EventCursor(payload["id"], int(payload.get("created") or 0) or None)
     except RemoteError as exc:
-        logger.warning("%s failed after %d events: %s", EVENTS_JOB, counts["seen"], exc)
-        run_finish(run=run, state=RunState.FAILED, counts=dict(counts), error=str(exc))
+        deferred = isinstance(exc, CircuitOpenError)
+        logger.warning(
+            "%s %s after %d events: %s",
+            EVENTS_JOB,
+            "deferred" if deferred else "failed",
+            counts["seen"],
+            exc,
+        )
+        state = RunState.DEFERRED if deferred else RunState.FAILED
+        run_finish(run=run, state=state, counts=dict(counts), error=str(exc))
         raise
     if failure is not None:
         error = f"{failure.message}; the cursor stays before it"

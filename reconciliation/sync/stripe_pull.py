@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from reconciliation.connectors.stripe import StripeConnector
-from reconciliation.errors import RemoteError
+from reconciliation.errors import CircuitOpenError, RemoteError
 from reconciliation.models import RunState, Source, SyncRun, Trigger
 from reconciliation.services.records import records_observe
 from reconciliation.services.runs import run_finish, run_start
@@ -74,6 +74,7 @@ def stripe_stream_pull(
 ) -> SyncRun:
     """One run of one stream. A remote failure ends the run as failed (cursor unchanged) and is
     re-raised so that the scheduler sees it; what was stored before the failure stays stored.
+    An open Stripe breaker (CircuitOpenError) ends it the same way, but as deferred.
     `since` rescans from that moment instead of the cursor (which never moves back)."""
     spec = STREAMS[stream]
     run = run_start(job=spec.job, trigger=trigger)
@@ -111,8 +112,16 @@ def stripe_stream_pull(
         store()
     except RemoteError as exc:
         store()  # what was read before the failure is kept
-        logger.warning("%s failed after %d objects: %s", spec.job, counts["seen"], exc)
-        run_finish(run=run, state=RunState.FAILED, counts=dict(counts), error=str(exc))
+        deferred = isinstance(exc, CircuitOpenError)
+        logger.warning(
+            "%s %s after %d objects: %s",
+            spec.job,
+            "deferred" if deferred else "failed",
+            counts["seen"],
+            exc,
+        )
+        state = RunState.DEFERRED if deferred else RunState.FAILED
+        run_finish(run=run, state=state, counts=dict(counts), error=str(exc))
         raise
     return run_finish(
         run=run, counts=dict(counts), cursor_after=str(newest) if newest else run.cursor_before

@@ -3,6 +3,8 @@
 The pull reads Stripe only and writes local records; the processing writes Dolibarr (or, in a
 dry run, only plans what it would write). Each half records its own runs: one `SyncRun` per
 pulled stream (its cursor) and one `stripe_sync` run for the processing, with its counts.
+An open circuit breaker (`CircuitOpenError`, Stripe's during the pull, Dolibarr's during the
+processing) ends the half it hits as deferred, not failed, and is raised to the caller.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from reconciliation.connectors.stripe import StripeConnector
-from reconciliation.errors import Ap24SyncError
+from reconciliation.errors import Ap24SyncError, CircuitOpenError
 from reconciliation.models import RunState, SyncRecord, Trigger
 from reconciliation.services.runs import run_finish, run_start
 from reconciliation.sync.base import SyncContext
@@ -74,25 +76,43 @@ def stripe_sync(
         if on_pulled is not None:
             on_pulled(name, result.pulled[name])
 
-    if context is None:
-        context = build_context(dry_run=dry_run, stripe=connector)
+    if context is None and dry_run:
+        context = build_context(dry_run=True, stripe=connector)
+    if context is None or not context.dry_run:
+        return _process(result, kinds, connector, context, trigger, before_processing, progress)
     if before_processing is not None:
         before_processing(records_due_count(kinds=kinds))
-    if context.dry_run:
-        result.processed = sync_due(context=context, kinds=kinds, progress=progress)
-        planner = context.dolibarr
-        if isinstance(planner, PlanningDolibarr):
-            result.plan = list(planner.plan)
-            result.planned_outcomes = [
-                (label, describe_outcome(outcome)) for label, outcome in planner.outcomes
-            ]
-        return result
+    result.processed = sync_due(context=context, kinds=kinds, progress=progress)
+    planner = context.dolibarr
+    if isinstance(planner, PlanningDolibarr):
+        result.plan = list(planner.plan)
+        result.planned_outcomes = [
+            (label, describe_outcome(outcome)) for label, outcome in planner.outcomes
+        ]
+    return result
 
+
+def _process(
+    result: StripeSyncResult,
+    kinds: list[str] | None,
+    connector: StripeConnector,
+    context: SyncContext | None,
+    trigger: str,
+    before_processing: Callable[[int], Any] | None,
+    progress: Callable[[int], Any] | None,
+) -> StripeSyncResult:
+    """The processing half, as its own run. Building the context reads Dolibarr (its setup), so
+    it happens inside the run: a Dolibarr that is down or refuses the key is on the record."""
     run = run_start(job=SYNC_JOB, trigger=trigger)
     try:
+        if context is None:
+            context = build_context(stripe=connector)
+        if before_processing is not None:
+            before_processing(records_due_count(kinds=kinds))
         result.processed = sync_due(context=context, kinds=kinds, progress=progress)
     except Ap24SyncError as exc:
-        run_finish(run=run, state=RunState.FAILED, error=str(exc))
+        state = RunState.DEFERRED if isinstance(exc, CircuitOpenError) else RunState.FAILED
+        run_finish(run=run, state=state, error=str(exc))
         raise
     run_finish(run=run, counts=dict(result.processed))
     return result
