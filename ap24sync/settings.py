@@ -120,12 +120,15 @@ REDIS_URL = env.str("REDIS_URL", default="")
 Q_CLUSTER = {
     "name": env.str("Q_CLUSTER_NAME", default="ap24sync"),
     "workers": env.int("Q_WORKERS", default=1 if not REDIS_URL else 2),
-    "timeout": env.int("Q_TIMEOUT", default=600),
-    "retry": env.int("Q_RETRY", default=720),
+    # Longer than the longest job (a full rescan of a large backlog); `retry` must exceed it.
+    "timeout": env.int("Q_TIMEOUT", default=3600),
+    "retry": env.int("Q_RETRY", default=3720),
     "max_attempts": 1,
     "catch_up": False,
     "save_limit": 1000,
     "label": "Background jobs",
+    # Daily schedules ("daily 02:30") are UTC, not Europe/Paris wall time that moves with DST.
+    "time_zone": "UTC",
 }
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from django.db import IntegrityError, connection, transaction
@@ -12,6 +12,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from reconciliation.audit import audit_event, audit_record, audit_records
+from reconciliation.errors import InvalidTransition
 from reconciliation.models import (
     Mismatch,
     MismatchState,
@@ -400,6 +401,104 @@ def record_retry(*, record: SyncRecord, actor, reason: str = "") -> SyncRecord:
     return locked
 
 
+def record_retry_now(
+    *, record_id: int, actor=None, actor_label: str = "", reason: str = ""
+) -> tuple[SyncRecord, bool]:
+    """Make one record due now, whatever it was: settled (failed, needs review, skipped,
+    synced) it goes back to pending as with `record_retry`; pending with a later next attempt
+    it is brought forward. A record in progress is refused: its worker decides its state.
+    Returns the record and whether anything changed (a record already due is left alone)."""
+    with transaction.atomic():
+        record = SyncRecord.objects.select_for_update().defer("snapshot").get(pk=record_id)
+        before = {**_state_of(record), "next_attempt_at": record.next_attempt_at}
+        if record.state == SyncState.IN_PROGRESS:
+            raise InvalidTransition(
+                f"record {record.pk} ({record}) is being worked on (attempt started "
+                f"{record.last_attempt_at:%Y-%m-%d %H:%M:%S}); retry it once that attempt ends"
+            )
+        if record.state == SyncState.PENDING:
+            if record.next_attempt_at is None or record.next_attempt_at <= timezone.now():
+                return record, False
+            record.next_attempt_at = None
+        else:
+            record.mark_pending_for_retry()
+        record.save(update_fields=_STATE_FIELDS)
+        audit_record(
+            action="record.retry_requested",
+            actor=actor,
+            actor_label=actor_label,
+            target=record,
+            before=before,
+            after={**_state_of(record), "next_attempt_at": None},
+            reason=reason,
+        )
+    return record, True
+
+
+# How each source's snapshots say when the object was created there, for `records_reverify`.
+CREATED_AT_KEYS = {"stripe": "created"}  # Stripe: Unix seconds
+
+
+def records_reverify(
+    *,
+    source: str,
+    created_from: datetime,
+    created_before: datetime,
+    kind: str | None = None,
+    actor=None,
+    actor_label: str = "",
+    reason: str = "",
+) -> list[int]:
+    """Every synced record of `source` (and `kind`) whose object was created at the source in
+    [`created_from`, `created_before`) goes back to pending, due now, so that its handler looks
+    its Dolibarr objects up again and adopts, corrects or flags them. One audit event says how
+    many and which; the records' own state changes are written in one statement. Returns the
+    ids made due."""
+    key = CREATED_AT_KEYS.get(source)
+    if key is None:
+        raise ValueError(
+            f"{source} snapshots carry no creation time ap24sync knows; re-verify "
+            f"{', '.join(CREATED_AT_KEYS)} records, or retry {source} records one by one"
+        )
+    window = {
+        f"snapshot__{key}__gte": int(created_from.timestamp()),
+        f"snapshot__{key}__lt": int(created_before.timestamp()),
+    }
+    now = timezone.now()
+    with transaction.atomic():
+        chosen = SyncRecord.objects.filter(source=source, state=SyncState.SYNCED, **window)
+        if kind:
+            chosen = chosen.filter(kind=kind)
+        records = list(chosen.select_for_update().defer("snapshot").order_by("pk"))
+        for record in records:
+            record.mark_pending_for_retry()
+            record.updated_at = now
+        if records:
+            _write_state(records)
+        ids = [record.pk for record in records]
+        audit_record(
+            action="records.reverify_requested",
+            actor=actor,
+            actor_label=actor_label,
+            target=("syncrecord", f"{source}:{kind or '*'}"),
+            after={
+                "count": len(ids),
+                "source": source,
+                "kind": kind or "",
+                "created_from": created_from,
+                "created_before": created_before,
+                "records": ids[:REVERIFY_AUDIT_IDS],
+                "records_listed": min(len(ids), REVERIFY_AUDIT_IDS),
+            },
+            reason=reason,
+        )
+    return ids
+
+
+# Record ids listed in a re-verification's audit event (its count is always complete).
+REVERIFY_AUDIT_IDS = 1000
+
+
 def records_claim_due(
     *,
     limit: int = 1,
@@ -458,7 +557,9 @@ __all__ = [
     "record_mark_waiting",
     "record_observe",
     "record_retry",
+    "record_retry_now",
     "records_claim_due",
     "records_mark_settled",
     "records_observe",
+    "records_reverify",
 ]

@@ -1,8 +1,9 @@
 """`manage.py demo`: the console on the embedded default, with demo data, in one command.
 
-Migrates, creates a demo staff login (printed), starts the sandbox Dolibarr and Stripe with
-generated data, pulls the Stripe data into sync records, starts the django-q2 cluster and the web
-server, and prints where to log in. Ctrl-C (or SIGTERM) stops every process it started.
+Migrates, installs the job schedules, creates a demo staff login (printed), starts the sandbox
+Dolibarr and Stripe with generated data, pulls the Stripe data into sync records, starts the
+django-q2 cluster (which then runs the jobs on their schedules) and the web server, and prints
+where to log in. Ctrl-C (or SIGTERM) stops every process it started.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class Command(BaseCommand):
 
         self.stdout.write("Preparing the database …")
         call_command("migrate", interactive=False, verbosity=0)
+        self.stdout.write("Installing the job schedules …")
+        call_command("setup_schedules", stdout=self.stdout)
         password = self._demo_login()
 
         supervisor = Supervisor(log_dir=Path(options["log_dir"]), env=dict(os.environ))
