@@ -28,8 +28,8 @@ import re
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -554,6 +554,26 @@ class _Heartbeat:
                     return
         finally:
             connection.close()
+
+
+@contextmanager
+def job_lease(name: str, *, dry_run: bool = False) -> Iterator[str]:
+    """Hold the job's lease around work done outside `job_run` (the older per-command entry
+    points, `manage.py stripe_sync` and friends), renewed while it runs: they then never
+    overlap a scheduled run either. Raises JobError when another run holds it."""
+    job_get(name)
+    seconds = int(settings.JOB_LEASE_SECONDS)
+    holder = holder_id(dry_run=dry_run)
+    lease = lease_take(job=name, holder=holder, seconds=seconds)
+    if isinstance(lease, LeaseHeld):
+        raise JobError(f"{name} is {lease.reason()}; try again when it has finished")
+    try:
+        if lease.previous is not None:
+            _close_abandoned(lease.previous)
+        with _Heartbeat(job=name, holder=holder, seconds=seconds):
+            yield holder
+    finally:
+        lease_release(job=name, holder=holder)
 
 
 # --- running ------------------------------------------------------------------------------

@@ -82,3 +82,19 @@ def test_since_takes_a_day(remotes):
 def test_the_scheduled_task_pulls_and_writes(remotes):
     result = stripe_sync_task(streams=["customers"])
     assert result["processed"]["synced"] == result["pulled"]["customers"]["seen"]
+
+
+def test_stripe_sync_refuses_to_run_beside_a_scheduled_run_holding_its_lease(remotes):
+    from reconciliation.jobs import holder_id, lease_take
+
+    lease_take(job="stripe_sync", holder=holder_id(), seconds=600)
+    with pytest.raises(CommandError, match=r"stripe_sync is already running on .* since"):
+        _run()
+    assert not SyncRun.objects.filter(job="stripe_sync").exists()
+
+
+def test_stripe_sync_releases_its_lease_when_it_ends(remotes):
+    from reconciliation.models import JobLease
+
+    _run("--stream", "customers")
+    assert JobLease.objects.get(job="stripe_sync").holder == ""

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from reconciliation.connectors.stripe import StripeConnector
 from reconciliation.errors import Ap24SyncError
+from reconciliation.jobs import job_lease
 from reconciliation.models import Trigger
 from reconciliation.sync.stripe_events import FIRST_RUN_WINDOW, stripe_events_pull
 
@@ -30,9 +31,15 @@ class Command(BaseCommand):
         window = timedelta(hours=options["first_window_hours"])
         try:
             connector = StripeConnector.from_settings()
-            with tqdm(
-                desc="events", unit=" evt", disable=options["verbosity"] < 1, file=self.stderr._out
-            ) as bar:
+            with (
+                job_lease("stripe_events"),
+                tqdm(
+                    desc="events",
+                    unit=" evt",
+                    disable=options["verbosity"] < 1,
+                    file=self.stderr._out,
+                ) as bar,
+            ):
                 run = stripe_events_pull(
                     connector=connector,
                     trigger=Trigger.MANUAL,

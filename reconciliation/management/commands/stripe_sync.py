@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from reconciliation.errors import Ap24SyncError
+from reconciliation.jobs import job_lease
 from reconciliation.models import Trigger
 from reconciliation.sync.stripe_pull import STREAMS
 from reconciliation.sync.stripe_sync import stripe_sync
@@ -65,16 +66,18 @@ class Command(BaseCommand):
             )
 
         try:
-            result = stripe_sync(
-                streams=options["stream"],
-                since=since,
-                full=options["full"],
-                dry_run=options["dry_run"],
-                trigger=Trigger.MANUAL,
-                on_pulled=pulled,
-                before_processing=start,
-                progress=lambda n: bar.update(n) if bar is not None else None,
-            )
+            # The scheduled stripe_sync's lease: this run and a scheduled one never overlap.
+            with job_lease("stripe_sync", dry_run=options["dry_run"]):
+                result = stripe_sync(
+                    streams=options["stream"],
+                    since=since,
+                    full=options["full"],
+                    dry_run=options["dry_run"],
+                    trigger=Trigger.MANUAL,
+                    on_pulled=pulled,
+                    before_processing=start,
+                    progress=lambda n: bar.update(n) if bar is not None else None,
+                )
         except Ap24SyncError as exc:
             raise CommandError(str(exc)) from exc
         finally:
