@@ -4,4 +4,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures_stripe",
     "tests.fixtures_dolibarr",
     "tests.fixtures_dolibarr_client",
+    "tests.fixtures_remotes",
 ]

@@ -7,7 +7,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+
+import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT_VARIABLES = (
@@ -38,3 +42,20 @@ def run_manage(env: dict[str, str], *args: str, timeout: float = 120):
         text=True,
         timeout=timeout,
     )
+
+
+def concurrently(calls: list[Callable[[], requests.Response]]) -> list[requests.Response]:
+    """Release all calls at the same instant from their own threads, like the recorded races."""
+    barrier = threading.Barrier(len(calls))
+    results: list[requests.Response | None] = [None] * len(calls)
+
+    def run(index: int) -> None:
+        barrier.wait()
+        results[index] = calls[index]()
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [result for result in results if result is not None]

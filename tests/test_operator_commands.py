@@ -13,19 +13,8 @@ from django.utils import timezone
 
 from reconciliation.models import AuditEvent, JobLease, SyncRecord, SyncRun, SyncState
 from reconciliation.services.records import record_claim, record_mark_failed, record_retry
-from tests.fixtures_stripe import STRIPE_TEST_KEY
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def remotes(settings, dolibarr_sandbox, dolibarr_api_key, stripe_sandbox):
-    settings.DOLIBARR_URL = dolibarr_sandbox.api_url
-    settings.DOLIBARR_API_KEY = dolibarr_api_key
-    settings.STRIPE_API_KEY = STRIPE_TEST_KEY
-    settings.STRIPE_API_BASE = stripe_sandbox.base_url
-    settings.STRIPE_MAX_NETWORK_RETRIES = 0
-    return settings
 
 
 def _call(*args: str) -> str:

@@ -6,7 +6,6 @@ import base64
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ import requests
 
 from reconciliation.sandbox.base import Faults, Request, Response, SandboxServer
 from reconciliation.sandbox.dolibarr import DolibarrSandbox
+from tests.processes import concurrently
 
 DAY = 1795219200  # 2026-11-21T00:00:00Z, the day of the recordings
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -78,23 +78,6 @@ def invoice(api: Callable[..., requests.Response], invoice_id: int) -> dict[str,
     response = api("GET", f"/invoices/{invoice_id}")
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def concurrently(calls: list[Callable[[], requests.Response]]) -> list[requests.Response]:
-    """Release all calls at the same instant from their own threads, like the recorded races."""
-    barrier = threading.Barrier(len(calls))
-    results: list[requests.Response | None] = [None] * len(calls)
-
-    def run(index: int) -> None:
-        barrier.wait()
-        results[index] = calls[index]()
-
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return [result for result in results if result is not None]
 
 
 # -- authentication --------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 import requests
 
 from reconciliation.sandbox.dolibarr import DolibarrSandbox
+from tests.processes import concurrently
 
 DAY = 1795219200  # 2026-11-21T00:00:00Z, the day of the recordings
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -479,23 +479,6 @@ def test_with_the_module_off_a_document_currency_amount_pays_nothing(api_module_
 
 
 # -- races and faults on these paths ---------------------------------------------------------------
-
-
-def concurrently(calls: list[Callable[[], requests.Response]]) -> list[requests.Response]:
-    """Release all calls at the same instant from their own threads, like the recorded races."""
-    barrier = threading.Barrier(len(calls))
-    results: list[requests.Response | None] = [None] * len(calls)
-
-    def run(index: int) -> None:
-        barrier.wait()
-        results[index] = calls[index]()
-
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return [result for result in results if result is not None]
 
 
 def test_concurrent_identical_pound_payments_overpay_the_invoice(
