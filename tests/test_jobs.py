@@ -99,7 +99,7 @@ def test_setup_schedules_installs_one_schedule_per_job():
         "'stripe_events'",
     )
     assert schedules["stripe_sync"].minutes == 15
-    assert schedules["breakers_check"].minutes == 1
+    assert schedules["breakers_check"].minutes == 5
 
 
 def test_setup_schedules_twice_keeps_the_same_rows():
