@@ -100,6 +100,19 @@ class SyncRecord(models.Model):
         indexes = [
             models.Index(fields=["state", "next_attempt_at"], name="syncrecord_due"),
             models.Index(fields=["dolibarr_kind", "dolibarr_id"], name="syncrecord_dolibarr"),
+            # The claim's order within one kind, pending records only: a claim of 20 reads 20
+            # index entries instead of sorting every pending record of its kinds (at 163,000
+            # records a claim took 30-60 ms that way).
+            models.Index(
+                fields=["kind", "next_attempt_at", "id"],
+                condition=models.Q(state="pending"),
+                name="syncrecord_claim_order",
+            ),
+            models.Index(
+                fields=["last_attempt_at"],
+                condition=models.Q(state="in_progress"),
+                name="syncrecord_in_progress",
+            ),
         ]
         ordering = ["-updated_at"]
 

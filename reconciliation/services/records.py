@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from reconciliation.audit import audit_event, audit_record, audit_records
@@ -507,21 +507,24 @@ def records_claim_due(
     kinds: list[str] | None = None,
 ) -> list[SyncRecord]:
     """Claim up to `limit` due records for this worker (pending -> in_progress) in one short
-    transaction. On PostgreSQL the rows are locked with SKIP LOCKED, so concurrent workers never
-    claim the same record; SQLite serialises the claim transactions themselves (IMMEDIATE), and
-    the state is re-checked under the lock either way.
+    transaction, oldest due first (`next_attempt_at`, never-tried first… then by id). On
+    PostgreSQL the rows are locked with SKIP LOCKED, so concurrent workers never claim the same
+    record; SQLite serialises the claim transactions themselves (IMMEDIATE), and the state is
+    re-checked under the lock either way.
 
     A record left `in_progress` longer than `lease` belongs to a worker that died: it is due
-    again (its next attempt looks the remote objects up before writing anything)."""
+    again (its next attempt looks the remote objects up before writing anything).
+
+    Cheap whatever the backlog: the ids are locked per kind through the `syncrecord_claim_order`
+    index (`limit` entries each, no sort of the whole backlog), plus the rare expired leases;
+    the best `limit` of them are claimed and the rest unlocked at commit, untouched."""
     now = timezone.now()
-    candidates = SyncRecord.objects.claimable(now=now, lease=lease)
-    if source:
-        candidates = candidates.filter(source=source)
-    if kinds:
-        candidates = candidates.filter(kind__in=kinds)
     with transaction.atomic():
-        locked = list(
-            candidates.select_for_update(skip_locked=True).order_by("next_attempt_at", "id")[:limit]
+        keys = _claim_candidates(now=now, lease=lease, limit=limit, source=source, kinds=kinds)
+        chosen = list(dict.fromkeys(pk for _, pk in sorted(keys)))[:limit]
+        locked = sorted(
+            SyncRecord.objects.filter(pk__in=chosen),
+            key=lambda record: chosen.index(record.pk),
         )
         for record in locked:
             if record.state == SyncState.IN_PROGRESS:
@@ -540,6 +543,46 @@ def records_claim_due(
             updated_at=now,
         )
     return locked
+
+
+# Sorts after every real time: a never-tried record (next_attempt_at NULL) comes after the ones
+# due at a time, as `ORDER BY next_attempt_at` puts NULLs last.
+_NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+def _claim_candidates(
+    *, now, lease: timedelta, limit: int, source: str | None, kinds: list[str] | None
+) -> list[tuple[tuple[datetime, int], int]]:
+    """Lock up to `limit` claimable ids per kind (and of expired leases), with their sort keys.
+    Each query reads an index in claim order and stops at `limit` (SKIP LOCKED passes over the
+    rows other workers hold)."""
+    base = SyncRecord.objects.all()
+    if source:
+        base = base.filter(source=source)
+    due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+    queries = [
+        base.filter(due, state=SyncState.PENDING, kind=kind)
+        for kind in (kinds if kinds else _pending_kinds(base))
+    ]
+    stale = base.filter(state=SyncState.IN_PROGRESS, last_attempt_at__lt=now - lease)
+    if kinds:
+        stale = stale.filter(kind__in=kinds)
+    queries.append(stale)
+    found: list[tuple[tuple[datetime, int], int]] = []
+    for query in queries:
+        rows = (
+            query.select_for_update(skip_locked=True)
+            .order_by("next_attempt_at", "id")
+            .values_list("next_attempt_at", "id")[:limit]
+        )
+        found.extend(((when or _NEVER, pk), pk) for when, pk in rows)
+    return found
+
+
+def _pending_kinds(base) -> list[str]:
+    """The kinds that have pending records (a claim without `kinds`): one small grouped read."""
+    pending = base.filter(state=SyncState.PENDING).order_by()
+    return list(pending.values_list("kind", flat=True).distinct())
 
 
 __all__ = [
