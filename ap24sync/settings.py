@@ -8,6 +8,7 @@ django-q2 ORM broker and development mode. Every variable is listed, with its me
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -177,8 +178,32 @@ STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_MAX_NETWORK_RETRIES = env.int("STRIPE_MAX_NETWORK_RETRIES", default=5)
 STRIPE_WEBHOOK_MAX_BYTES = env.int("STRIPE_WEBHOOK_MAX_BYTES", default=262144)
 
+# Aipress24's database, read-only (docs/aipress24.md): postgres://reader:…@host:5432/aipress24,
+# or sqlite:////path/to/file.sqlite3 for the SQLite equivalent of the synthetic data.
+AIPRESS24_DATABASE_URL = env.str("AIPRESS24_DATABASE_URL", default="")
+
+
+def _url_password(url: str) -> str:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return ""
+    return unquote(password) if password else ""
+
+
+# Not a variable of its own: the password inside AIPRESS24_DATABASE_URL, so that it is redacted
+# from logs on its own too, not only as part of the whole URL.
+AIPRESS24_DATABASE_PASSWORD = _url_password(AIPRESS24_DATABASE_URL)
+
 # Values that must never appear in logs, pages or audit payloads (see reconciliation.logs).
-SECRET_SETTING_NAMES = ("SECRET_KEY", "DOLIBARR_API_KEY", "STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET")
+SECRET_SETTING_NAMES = (
+    "SECRET_KEY",
+    "DOLIBARR_API_KEY",
+    "STRIPE_API_KEY",
+    "STRIPE_WEBHOOK_SECRET",
+    "AIPRESS24_DATABASE_URL",
+    "AIPRESS24_DATABASE_PASSWORD",
+)
 
 # --- Auth, i18n, static ---------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -5,4 +5,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures_dolibarr",
     "tests.fixtures_dolibarr_client",
     "tests.fixtures_remotes",
+    "tests.fixtures_aipress24",
 ]

@@ -15,6 +15,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT_VARIABLES = (
+    "AIPRESS24_",
     "AP24SYNC",
     "DATABASE_URL",
     "DJANGO_",
