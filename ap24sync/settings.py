@@ -178,6 +178,12 @@ STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_MAX_NETWORK_RETRIES = env.int("STRIPE_MAX_NETWORK_RETRIES", default=5)
 STRIPE_WEBHOOK_MAX_BYTES = env.int("STRIPE_WEBHOOK_MAX_BYTES", default=262144)
 
+# Aipress24's event push (docs/aipress24-push.md): the shared HMAC secret, how far the signed
+# timestamp may be from now either way, the largest body accepted.
+AIPRESS24_PUSH_SECRET = env.str("AIPRESS24_PUSH_SECRET", default="")
+AIPRESS24_PUSH_TOLERANCE_SECONDS = env.int("AIPRESS24_PUSH_TOLERANCE_SECONDS", default=300)
+AIPRESS24_PUSH_MAX_BYTES = env.int("AIPRESS24_PUSH_MAX_BYTES", default=65536)
+
 # Aipress24's database, read-only (docs/aipress24.md): postgres://reader:…@host:5432/aipress24,
 # or sqlite:////path/to/file.sqlite3 for the SQLite equivalent of the synthetic data.
 AIPRESS24_DATABASE_URL = env.str("AIPRESS24_DATABASE_URL", default="")
@@ -203,6 +209,7 @@ SECRET_SETTING_NAMES = (
     "STRIPE_WEBHOOK_SECRET",
     "AIPRESS24_DATABASE_URL",
     "AIPRESS24_DATABASE_PASSWORD",
+    "AIPRESS24_PUSH_SECRET",
 )
 
 # --- Auth, i18n, static ---------------------------------------------------------------------

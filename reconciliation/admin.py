@@ -20,10 +20,12 @@ from reconciliation.models import (
     Incident,
     JobLease,
     Mismatch,
+    Source,
     SyncRecord,
     SyncRun,
 )
 from reconciliation.services.records import record_retry
+from reconciliation.sync.aipress24_events import aipress24_events_reprocess
 from reconciliation.sync.stripe_events import Result, stripe_events_reprocess
 
 # The admin index links to the status page (reconciliation.health.status_page).
@@ -140,8 +142,14 @@ class InboundEventAdmin(ReadOnlyAdmin):
                 level=messages.ERROR,
             )
             return
+        events = queryset.order_by("pk")
         try:
-            outcomes = stripe_events_reprocess(events=queryset.order_by("pk"), actor=request.user)
+            # Each source's events go to its own processing.
+            outcomes = stripe_events_reprocess(
+                events=events.exclude(source=Source.AIPRESS24), actor=request.user
+            ) + aipress24_events_reprocess(
+                events=events.filter(source=Source.AIPRESS24), actor=request.user
+            )
         except Ap24SyncError as exc:
             self.message_user(request, str(exc), level=messages.ERROR)
             return

@@ -14,6 +14,7 @@ from reconciliation.connectors.stripe import StripeConnector
 from reconciliation.errors import Ap24SyncError
 from reconciliation.jobs import JobOutcome, job_run
 from reconciliation.models import RunState, Trigger
+from reconciliation.sync.aipress24_events import aipress24_event_process
 from reconciliation.sync.stripe_events import stripe_event_process
 from reconciliation.sync.stripe_pull import stripe_stream_pull
 
@@ -50,6 +51,12 @@ def stripe_stream_pull_task(stream: str, *, full: bool = False, trigger: str = T
 def stripe_event_process_task(event_pk: int):
     """Queued by the Stripe webhook once the event is stored."""
     outcome = stripe_event_process(event_id=event_pk, connector=StripeConnector.from_settings())
+    return {"event": outcome.event.event_id, "result": outcome.result.value}
+
+
+def aipress24_event_process_task(event_pk: int):
+    """Queued by the Aipress24 push endpoint once the event is stored."""
+    outcome = aipress24_event_process(event_id=event_pk)
     return {"event": outcome.event.event_id, "result": outcome.result.value}
 
 
