@@ -923,3 +923,52 @@ def test_rows_are_immutable(aipress24_reader: Aipress24Reader) -> None:
     with pytest.raises(AttributeError):
         organisation.name = "Changed"  # type: ignore[misc]
     assert replace(organisation, name="Changed").name == "Changed"
+
+
+# --- behind the circuit breaker --------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_five_unreachable_reads_open_the_breaker_and_the_sixth_never_connects() -> None:
+    from reconciliation.errors import CircuitOpenError
+    from reconciliation.resilience import Breaker
+
+    reader = Aipress24Reader(
+        url="postgres://reader@127.0.0.1:1/aipress24", breaker=Breaker("aipress24")
+    )
+    for _ in range(4):
+        with pytest.raises(TransientError):
+            reader.organisations_changed()
+    with pytest.raises(CircuitOpenError):
+        reader.organisations_changed()
+    tried = reader.connects
+
+    with pytest.raises(CircuitOpenError, match="circuit breaker"):
+        reader.organisations_changed()
+    assert reader.connects == tried
+
+
+@pytest.mark.django_db
+def test_a_read_that_answers_resets_the_breakers_count(aipress24_db) -> None:
+    from reconciliation.models import CircuitBreaker
+    from reconciliation.resilience import Breaker
+
+    breaker = Breaker("aipress24")
+    down = Aipress24Reader(url="postgres://reader@127.0.0.1:1/aipress24", breaker=breaker)
+    for _ in range(3):
+        with pytest.raises(TransientError):
+            down.organisations_changed()
+    with Aipress24Reader(url=aipress24_db.url, breaker=breaker) as reader:
+        assert reader.organisations_changed().rows
+
+    assert CircuitBreaker.objects.get(system="aipress24").consecutive_failures == 0
+
+
+@pytest.mark.django_db
+def test_the_reader_from_settings_is_behind_the_aipress24_breaker(settings, aipress24_db) -> None:
+    settings.AIPRESS24_DATABASE_URL = aipress24_db.url
+    with Aipress24Reader.from_settings() as reader:
+        assert reader.breaker is not None
+        assert reader.breaker.system == "aipress24"
+    with Aipress24Reader.from_settings(guarded=False) as reader:
+        assert reader.breaker is None

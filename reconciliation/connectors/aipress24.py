@@ -35,6 +35,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from reconciliation.config import setting_required
@@ -64,6 +65,9 @@ from reconciliation.connectors.aipress24_types import (
 )
 from reconciliation.errors import Ap24SyncError, ConfigurationError, PermanentError, TransientError
 from reconciliation.logs import REDACTED
+
+if TYPE_CHECKING:
+    from reconciliation.resilience import Breaker
 
 SETTING = "AIPRESS24_DATABASE_URL"
 DEFAULT_PAGE_SIZE = 500
@@ -377,15 +381,16 @@ _CONFIGURATION_PROBLEMS = (
 )
 
 
-class _Backend:
+class _Backend(ABC):
     name: str
 
     def __init__(self, target: DatabaseTarget, *, connect_timeout: float) -> None:
         self.target = target
         self.connect_timeout = connect_timeout
 
+    @abstractmethod
     def connect(self) -> Any:
-        raise NotImplementedError
+        """A new read-only connection."""
 
     def statement(self, sql: str) -> str:
         return sql
@@ -393,14 +398,17 @@ class _Backend:
     def parameter(self, value: Any) -> Any:
         return value
 
+    @abstractmethod
     def read_transaction(self, connection: Any) -> AbstractContextManager[None]:
-        raise NotImplementedError
+        """One read-only transaction on `connection`."""
 
+    @abstractmethod
     def is_usable(self, connection: Any) -> bool:
-        raise NotImplementedError
+        """Whether `connection` can still be used after an error."""
 
+    @abstractmethod
     def translate(self, exc: Exception) -> Ap24SyncError:
-        raise NotImplementedError
+        """The project's error for a driver error."""
 
     def scrub(self, text: str) -> str:
         """One line of a driver's message, without the password whatever its length."""
@@ -632,8 +640,10 @@ class Aipress24Reader:
         statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
         settle: timedelta = DEFAULT_SETTLE,
         clock: Callable[[], datetime] | None = None,
+        breaker: Breaker | None = None,
     ) -> None:
         self._target = parse_database_url(url)
+        self.breaker = breaker
         self._backend = _backend_for(
             self._target, connect_timeout=connect_timeout, statement_timeout=statement_timeout
         )
@@ -645,9 +655,14 @@ class Aipress24Reader:
         self._connects = 0
 
     @classmethod
-    def from_settings(cls, **options: Any) -> Aipress24Reader:
+    def from_settings(cls, *, guarded: bool = True, **options: Any) -> Aipress24Reader:
         """A reader on `AIPRESS24_DATABASE_URL` (read now, never at import); a missing variable
-        is one line: `AIPRESS24_DATABASE_URL is not set; see .env.example`."""
+        is one line: `AIPRESS24_DATABASE_URL is not set; see .env.example`. `guarded`: behind
+        the process's `aipress24` circuit breaker (a diagnostic passes False)."""
+        from reconciliation.resilience import breaker_for
+
+        if guarded:
+            options.setdefault("breaker", breaker_for(SYSTEM))
         return cls(url=setting_required(SETTING), **options)
 
     def __repr__(self) -> str:
@@ -823,6 +838,29 @@ class Aipress24Reader:
 
     @contextmanager
     def _reading(self) -> Iterator[_Fetch]:
+        """One read transaction behind the circuit breaker (asked first: CircuitOpenError and no
+        connection while it is open; told how it went: an unreachable or lost database is a
+        failure, any answer — an error about a role, a table — is a success for it)."""
+        breaker = self.breaker
+        if breaker is None:
+            with self._transaction() as fetch:
+                yield fetch
+            return
+        ticket = breaker.before_call(endpoint="read")
+        try:
+            with self._transaction() as fetch:
+                yield fetch
+        except TransientError as exc:
+            if breaker.record_failure(ticket, exc):
+                raise breaker.open_error(exc, endpoint="read") from exc
+            raise
+        except Ap24SyncError:
+            breaker.record_success(ticket)
+            raise
+        breaker.record_success(ticket)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[_Fetch]:
         """One read transaction on this thread's connection; driver errors translated, and a
         connection that broke dropped so that the next read reconnects."""
         backend = self._backend
