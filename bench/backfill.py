@@ -396,12 +396,16 @@ def measure(options: argparse.Namespace) -> int:
                 by_kind[(getattr(_current_kind, "value", "engine"), endpoint)] += 1
             return super()._send(method, url, endpoint, query, data)
 
+    from reconciliation.resilience import breaker_for
+
+    # Behind the process's circuit breaker, as `DolibarrClient.from_settings()` is in a worker.
     client = CountingClient(
         base_url=settings.DOLIBARR_URL,
         api_key=settings.DOLIBARR_API_KEY,
         connect_timeout=settings.DOLIBARR_CONNECT_TIMEOUT,
         read_timeout=settings.DOLIBARR_READ_TIMEOUT,
         max_retries=settings.DOLIBARR_MAX_RETRIES,
+        breaker=breaker_for("dolibarr"),
     )
     stripe = StripeConnector.from_settings()
     workers = settings.SYNC_WORKERS if connection.vendor != "sqlite" else 1
