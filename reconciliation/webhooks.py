@@ -138,8 +138,6 @@ def stripe_webhook(request: HttpRequest) -> JsonResponse:
 
 AIPRESS24_PROCESS_TASK = "reconciliation.tasks.aipress24_event_process_task"
 AIPRESS24_SIGNATURE_HEADER = "X-Aipress24-Signature"
-AIPRESS24_DEFAULT_MAX_BYTES = 65536
-AIPRESS24_DEFAULT_TOLERANCE = 300
 _SIGNATURE_FORMAT = f"{AIPRESS24_SIGNATURE_HEADER} is t=<unix seconds>,v1=<hex HMAC-SHA256>"
 _UNIX_SECONDS = re.compile(r"[0-9]{1,12}")
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -206,7 +204,7 @@ def _unix_now() -> float:
 @require_POST
 @transaction.non_atomic_requests
 def aipress24_push(request: HttpRequest) -> JsonResponse:
-    limit = getattr(settings, "AIPRESS24_PUSH_MAX_BYTES", AIPRESS24_DEFAULT_MAX_BYTES)
+    limit = settings.AIPRESS24_PUSH_MAX_BYTES
     body = _read_body(request, limit)
     if body is None:
         return _error(413, f"body larger than {limit} bytes")
@@ -215,7 +213,7 @@ def aipress24_push(request: HttpRequest) -> JsonResponse:
     except ConfigurationError as exc:
         logger.error("Aipress24 push refused with 503: %s", exc)
         return _error(503, "push endpoint not configured")
-    tolerance = getattr(settings, "AIPRESS24_PUSH_TOLERANCE_SECONDS", AIPRESS24_DEFAULT_TOLERANCE)
+    tolerance = settings.AIPRESS24_PUSH_TOLERANCE_SECONDS
     try:
         verify_push_signature(
             body=body,
