@@ -188,6 +188,25 @@ AIPRESS24_PUSH_MAX_BYTES = env.int("AIPRESS24_PUSH_MAX_BYTES", default=65536)
 # or sqlite:////path/to/file.sqlite3 for the SQLite equivalent of the synthetic data.
 AIPRESS24_DATABASE_URL = env.str("AIPRESS24_DATABASE_URL", default="")
 
+# VAT rate (percent) of each Aipress24 product type on the orders and invoices of one-off
+# purchases (docs/aipress24-sync.md): "consultation=2.1,consultation_gift=2.1,...". Set them with
+# your accountant; an invoice whose total differs from what Stripe collected stays a draft.
+AIPRESS24_VAT_RATES = env.dict(
+    "AIPRESS24_VAT_RATES",
+    default={
+        "consultation": "2.1",
+        "consultation_gift": "2.1",
+        "justificatif": "20",
+        "cession": "20",
+    },
+)
+# Business Wall types whose organisations are Aipress24's partners (the free media types):
+# their thirdparties carry the prospect flag as well (docs/aipress24-sync.md).
+AIPRESS24_PARTNER_WALL_TYPES = env.list(
+    "AIPRESS24_PARTNER_WALL_TYPES",
+    default=["media", "news_agency", "micro", "corporate_media", "union", "academics"],
+)
+
 
 def _url_password(url: str) -> str:
     try:

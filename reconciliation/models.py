@@ -190,6 +190,55 @@ class SyncRecord(models.Model):
         self.next_attempt_at = None
 
 
+class SyncBaseline(models.Model):
+    """What each side held, field by field, when the console last brought a record's Dolibarr
+    object in step with its source: the base of the three-way comparison that tells a one-sided
+    edit (it follows that side) from an edit on both sides (a `customer_conflict` mismatch).
+
+    Two dicts, because after an edit made in Dolibarr only, the sides stay different on purpose:
+    the source keeps its old value, Dolibarr its new one, and neither must look changed at the
+    next sync."""
+
+    record = models.OneToOneField(
+        SyncRecord, primary_key=True, on_delete=models.CASCADE, related_name="baseline"
+    )
+    source_values = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
+    dolibarr_values = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"baseline of {self.record_id}"
+
+
+class SourceAlias(models.Model):
+    """An id in another system that stands for one of the console's records: each Stripe
+    customer of an Aipress24 organisation (Dolibarr keeps one Stripe link per thirdparty, so the
+    console keeps the others), the payment intent of an Aipress24 purchase. Written by the pull
+    that observes the record, read by the handlers of the other system's records."""
+
+    class Role(models.TextChoices):
+        BILLING = "billing", _("Billing (linked in Dolibarr)")
+        OTHER = "other", _("Other (mapped by the console)")
+
+    system = models.CharField(max_length=20, choices=Source.choices)
+    kind = models.CharField(max_length=40)
+    external_id = models.CharField(max_length=255)
+    record = models.ForeignKey(SyncRecord, on_delete=models.CASCADE, related_name="aliases")
+    role = models.CharField(max_length=20, choices=Role.choices, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["system", "kind", "external_id"], name="sourcealias_unique_identity"
+            ),
+        ]
+        verbose_name_plural = "source aliases"
+
+    def __str__(self) -> str:
+        return f"{self.system}:{self.kind}:{self.external_id} -> {self.record_id}"
+
+
 # --- Mismatch -------------------------------------------------------------------------------
 
 
