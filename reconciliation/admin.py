@@ -2,11 +2,15 @@
 directly: records, mismatches, runs and events change only through `reconciliation.services`, and
 audit events are read-only. Circuit breakers, incidents and job leases are written only by
 the jobs and the breakers themselves; the admin shows them, and the status page
-(`/admin/status/`, linked from the admin index) sums them up."""
+(`/admin/status/`, linked from the admin index) sums them up.
+
+Actions are gated on the finance permissions (docs/permissions.md), and each passes the
+signed-in user to its service, which audits them as the actor."""
 
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.utils import timezone
 from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
@@ -32,7 +36,27 @@ from reconciliation.sync.stripe_events import Result, stripe_events_reprocess
 admin.site.index_template = "reconciliation/admin_index.html"
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ForbiddenActionsMixin:
+    """Answer 403 to a POST of an action the user may not run.
+
+    The admin leaves such an action out of the page, but answers a crafted POST of it with the
+    change list again (200, "No action selected." at most), which hides a probe; here it is
+    refused outright."""
+
+    def changelist_view(self, request, extra_context=None):
+        if request.method == "POST":
+            posted = set(request.POST.getlist("action"))
+            if posted & (self._declared_action_names() - set(self.get_actions(request))):
+                raise PermissionDenied
+        return super().changelist_view(request, extra_context)
+
+    def _declared_action_names(self) -> set[str]:
+        declared = (self.get_action(action) for action in self.actions or [])
+        names = {action[1] for action in declared if action}
+        return names | {name for name, _func in self.admin_site.actions}
+
+
+class ReadOnlyAdmin(ForbiddenActionsMixin, admin.ModelAdmin):
     """Viewable, never edited through a form: changes go through the services."""
 
     def has_add_permission(self, request):
@@ -66,7 +90,7 @@ class SyncRecordAdmin(ReadOnlyAdmin):
     readonly_fields = [f.name for f in SyncRecord._meta.fields]
 
     def has_retry_permission(self, request):
-        return request.user.has_perm("reconciliation.change_syncrecord")
+        return request.user.has_perm("reconciliation.retry_record")
 
     @admin.action(description=_("Retry selected records"), permissions=["retry"])
     def retry_selected(self, request, queryset):
@@ -131,7 +155,7 @@ class InboundEventAdmin(ReadOnlyAdmin):
     reprocess_limit = 100  # each event is re-fetched from Stripe while the page waits
 
     def has_reprocess_permission(self, request):
-        return request.user.has_perm("reconciliation.change_inboundevent")
+        return request.user.has_perm("reconciliation.reprocess_event")
 
     @admin.action(description=_("Reprocess selected events"), permissions=["reprocess"])
     def reprocess_selected(self, request, queryset):

@@ -115,6 +115,7 @@ class SyncRecord(models.Model):
             ),
         ]
         ordering = ["-updated_at"]
+        permissions = [("retry_record", "Retry sync records")]
 
     def __str__(self) -> str:
         return f"{self.source}:{self.kind}:{self.external_id}"
@@ -311,6 +312,7 @@ class Mismatch(models.Model):
         verbose_name_plural = "mismatches"
         ordering = ["-last_seen_at"]
         indexes = [models.Index(fields=["state", "kind"], name="mismatch_state_kind")]
+        permissions = [("act_on_mismatch", "Approve, resolve or ignore mismatches")]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()}: {self.summary}"
@@ -381,6 +383,7 @@ class SyncRun(models.Model):
     class Meta:
         ordering = ["-started_at"]
         indexes = [models.Index(fields=["job", "-started_at"], name="syncrun_job_latest")]
+        permissions = [("run_job", "Run a job now")]
 
     def __str__(self) -> str:
         return f"{self.job} {self.started_at:%Y-%m-%d %H:%M} {self.state}"
@@ -470,6 +473,7 @@ class InboundEvent(models.Model):
         ]
         ordering = ["-received_at"]
         indexes = [models.Index(fields=["processed_at"], name="inboundevent_processed")]
+        permissions = [("reprocess_event", "Reprocess inbound events")]
 
     def __str__(self) -> str:
         return f"{self.source} {self.event_type} {self.event_id}"
@@ -523,6 +527,11 @@ class JobLease(models.Model):
     )
     acquired_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        # The app has no configuration model: the permission needs a model to hang on, and the
+        # jobs (their schedules, their leases) are what configuration will mostly be about.
+        permissions = [("manage_configuration", "Manage the console's configuration")]
 
     def __str__(self) -> str:
         return f"{self.job} held by {self.holder or 'nobody'}"

@@ -541,7 +541,7 @@ def test_the_admins_reprocess_action_retries_a_failed_push(client, django_user_m
     record_mark_synced(record_id=record.pk, dolibarr_kind="thirdparty", dolibarr_id=7)
     operator = django_user_model.objects.create_user("operator", password="pw", is_staff=True)
     operator.user_permissions.add(
-        *Permission.objects.filter(codename__in=["view_inboundevent", "change_inboundevent"])
+        *Permission.objects.filter(codename__in=["view_inboundevent", "reprocess_event"])
     )
     client.force_login(operator)
 

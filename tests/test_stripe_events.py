@@ -184,7 +184,7 @@ def test_a_stripe_outage_keeps_the_event_with_its_error(
 def operator(django_user_model):
     user = django_user_model.objects.create_user("operator", password="pw", is_staff=True)
     user.user_permissions.add(
-        *Permission.objects.filter(codename__in=["view_inboundevent", "change_inboundevent"])
+        *Permission.objects.filter(codename__in=["view_inboundevent", "reprocess_event"])
     )
     return user
 
