@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_q",
     "django_tables2",
+    "django_filters",
     "reconciliation",
 ]
 
