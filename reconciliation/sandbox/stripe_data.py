@@ -23,7 +23,7 @@ import itertools
 import random
 import string
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -437,6 +437,10 @@ class _Ids:
     def token(self, length: int) -> str:
         return "".join(self._rng.choice(_ALPHABET) for _ in range(length))
 
+    def reserve(self, identifiers: Iterable[str]) -> None:
+        """Ids that exist already (another dataset's, or given by Aipress24): never drawn."""
+        self._seen.update(identifiers)
+
 
 # --- the dataset ----------------------------------------------------------------------------
 @dataclass
@@ -470,13 +474,17 @@ class _Story:
     """Builds the account's history in time order per customer, keeping an event (with a snapshot
     of the object as it was then) for every change a webhook would have announced."""
 
-    def __init__(self, *, seed: int, start: datetime, end: datetime) -> None:
+    def __init__(
+        self, *, seed: int, start: datetime, end: datetime, first_sequence: int = 0
+    ) -> None:
+        """`first_sequence`: where the tie-breaking sequence of `order` starts, so that a story
+        told beside another dataset (whose `order` it adopts) never reuses its numbers."""
         self.rng = random.Random(seed)
         self.ids = _Ids(self.rng)
         self.start, self.end = _ts(start), _ts(end)
         self.collections: dict[str, list[dict[str, Any]]] = {name: [] for name in RESOURCES}
         self.order: dict[str, tuple[int, int]] = {}
-        self._sequence = itertools.count()
+        self._sequence = itertools.count(first_sequence)
         self.tax_rates: dict[str, dict[str, Any]] = {}
         self.coupons: dict[str, dict[str, Any]] = {}
         self.bank_accounts: dict[str, str] = {}
@@ -1172,8 +1180,17 @@ class _Story:
         metadata: dict[str, str],
         *,
         off_session: bool,
+        intent_id: str | None = None,
+        guest: bool = False,
     ) -> dict[str, Any]:
-        intent_id = self.ids.new("pi")
+        """`intent_id`: an id given elsewhere (Aipress24 stores its payment intents' ids).
+        `guest`: a Checkout payment made with only `customer_email`, for which Stripe creates
+        no customer: `customer` then stands for the buyer (its `id` keys the card and the fee
+        region, nothing more) and the intent names no customer."""
+        if intent_id is None:
+            intent_id = self.ids.new("pi")
+        else:
+            self.ids.reserve((intent_id,))
         intent = {
             "amount": amount,
             "amount_capturable": 0,
@@ -1189,7 +1206,7 @@ class _Story:
             "confirmation_method": "automatic",
             "created": at,
             "currency": customer["currency"],
-            "customer": customer["id"],
+            "customer": None if guest else customer["id"],
             "description": description,
             "id": intent_id,
             "last_payment_error": None,
@@ -1228,7 +1245,9 @@ class _Story:
         description: str,
         *,
         accepted: bool,
+        guest: bool = False,
     ) -> dict[str, Any]:
+        """`guest`: as for `_payment_intent`, the charge names no customer."""
         card = self.cards[customer["id"]]
         amount = intent["amount"]
         charge_id = self.ids.new("ch")
@@ -1272,7 +1291,7 @@ class _Story:
             "captured": accepted,
             "created": at,
             "currency": customer["currency"],
-            "customer": customer["id"],
+            "customer": None if guest else customer["id"],
             "description": description,
             "disputed": False,
             "failure_balance_transaction": None,
@@ -1345,7 +1364,7 @@ class _Story:
         self.add("charges", charge)
         intent["latest_charge"] = charge_id
         if accepted:
-            txn = self._charge_transaction(charge)
+            txn = self._charge_transaction(charge, card_region=self.charge_region[customer["id"]])
             charge["balance_transaction"] = txn["id"]
             intent["status"] = "succeeded"
             intent["amount_received"] = amount
@@ -1364,9 +1383,14 @@ class _Story:
             self.emit("payment_intent.payment_failed", intent, at)
         return charge
 
-    def _charge_transaction(self, charge: dict[str, Any]) -> dict[str, Any]:
+    def _charge_transaction(
+        self, charge: dict[str, Any], *, card_region: str | None = None
+    ) -> dict[str, Any]:
+        """`card_region`: the fee's (default: the charge's customer's; a guest charge has none)."""
         currency = charge["currency"]
-        fee = stripe_fee(charge["amount"], currency, self.charge_region[charge["customer"]])
+        if card_region is None:
+            card_region = self.charge_region[charge["customer"]]
+        fee = stripe_fee(charge["amount"], currency, card_region)
         return self.add(
             "balance_transactions",
             {
