@@ -229,6 +229,42 @@ def _sync_retry(call: JobCall) -> JobResult:
     return JobResult(counts=counts, detail=result)
 
 
+def _aipress24_sync(call: JobCall, *, full: bool = False) -> JobResult:
+    from reconciliation.connectors.aipress24 import Aipress24Reader
+    from reconciliation.sync.aipress24_pull import aipress24_pull_all
+    from reconciliation.sync.engine import build_context, sync_due
+    from reconciliation.sync.stripe_sync import records_due_count
+
+    def pulled(name: str, counts: dict[str, int]) -> None:
+        summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing"
+        call.progress.line(f"pulled aipress24 {name}: {summary}")
+
+    reader = Aipress24Reader.from_settings()
+    try:
+        streams = aipress24_pull_all(
+            reader=reader,
+            trigger=call.trigger,
+            full=full or bool(call.options.get("full")),
+            on_pulled=pulled,
+        )
+        context = build_context(dry_run=call.dry_run, aipress24=reader)
+        desc = "dry run" if call.dry_run else "sync"
+        with call.progress.bar(desc=desc, total=records_due_count(kinds=None)) as update:
+            processed = sync_due(context=context, progress=update)
+    finally:
+        reader.close()
+    counts: dict[str, int] = {}
+    for stream_counts in streams.values():
+        for key in ("seen", "new", "changed"):
+            counts[key] = counts.get(key, 0) + int(stream_counts.get(key, 0))
+    counts.update({name: int(value) for name, value in processed.items() if value})
+    return JobResult(counts=counts)
+
+
+def _aipress24_full_pass(call: JobCall) -> JobResult:
+    return _aipress24_sync(call, full=True)
+
+
 def _breakers_check(call: JobCall) -> JobResult:
     # Imported when the job runs, so that the registry (and setup_schedules) loads whatever
     # state the resilience module is in.
@@ -242,8 +278,8 @@ _NO_DOLIBARR_WRITES = (
     "dry-run stripe_sync or sync_retry to see the Dolibarr writes"
 )
 
-# Jobs of other sources (Aipress24 customers and purchases, reconciliation, the monthly
-# recurring invoices) are added here when their issues land.
+# Jobs of other sources (reconciliation, the monthly recurring invoices) are added here when
+# their issues land.
 JOBS: dict[str, Job] = {
     job.name: job
     for job in (
@@ -270,6 +306,21 @@ JOBS: dict[str, Job] = {
             function=_stripe_full_rescan,
             cadence="daily 02:30",
             adopts=("stripe_sync",),
+        ),
+        Job(
+            name="aipress24_sync",
+            description="incremental pull of Aipress24's organisations, users, Business Walls, "
+            "subscriptions and paid purchases, then write what is due to Dolibarr",
+            function=_aipress24_sync,
+            cadence="every 15m",
+            options=frozenset({"full"}),
+        ),
+        Job(
+            name="aipress24_full_pass",
+            description="every Aipress24 row read again — the purchases by id, which is how a "
+            "refund is seen (it moves no column) — then write what is due",
+            function=_aipress24_full_pass,
+            cadence="daily 03:00",
         ),
         Job(
             name="sync_retry",

@@ -155,7 +155,7 @@ def test_a_payment_without_stripe_invoice_is_left_to_the_aipress24_purchase(cont
     sync_until_settled(context)
     record.refresh_from_db()
     assert record.state == SyncState.SKIPPED
-    assert "Aipress24 purchase (issue 4)" in record.last_error
+    assert "Aipress24 purchase (docs/aipress24-sync.md)" in record.last_error
 
 
 def test_a_partial_refund_is_a_credit_note_and_a_refund_payment_to_the_cent(
@@ -185,7 +185,7 @@ def test_a_refund_of_an_article_bought_without_invoice_is_left_to_the_purchase(c
     sync_until_settled(context)
     record.refresh_from_db()
     assert record.state == SyncState.SKIPPED
-    assert "Aipress24 purchase (issue 4)" in record.last_error
+    assert "Aipress24 purchase (docs/aipress24-sync.md)" in record.last_error
 
 
 def test_invoices_in_yen_and_dollars_are_flagged_and_never_written(context, dolibarr_client):

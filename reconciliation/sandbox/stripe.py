@@ -735,6 +735,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--webhook-url", default="", help="where POST /_sandbox/webhooks/deliver sends"
     )
     parser.add_argument("--webhook-secret", default="", help="whsec_… used to sign deliveries")
+    parser.add_argument(
+        "--aipress24-database",
+        default="",
+        help="an Aipress24 database URL (sqlite:////path or postgres://…): serve the Stripe "
+        "side of its rows too (its organisations' customers, its purchases' payments)",
+    )
+    parser.add_argument(
+        "--aipress24-vat-rates",
+        default="consultation=2.1,consultation_gift=2.1,justificatif=20,cession=20",
+        help="VAT percent per product type charged on the purchases, as AIPRESS24_VAT_RATES",
+    )
     args = parser.parse_args(argv)
     if args.host not in LOOPBACK_HOSTS and not args.host.startswith("127."):
         parser.error(f"--host must be a loopback address, not {args.host!r}")
@@ -747,6 +758,21 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _with_aipress24(data: StripeDataset, url: str, rates: str) -> StripeDataset:
+    from datetime import timedelta
+    from decimal import Decimal
+
+    from reconciliation.connectors.aipress24 import Aipress24Reader
+    from reconciliation.sandbox.stripe_aipress24 import aipress24_stripe_dataset
+
+    vat_rates = {
+        key.strip(): Decimal(value.strip())
+        for key, _, value in (item.partition("=") for item in rates.split(",") if item.strip())
+    }
+    with Aipress24Reader(url=url, settle=timedelta(0)) as reader:
+        return aipress24_stripe_dataset(reader, vat_rates=vat_rates, base=data)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     data = generate(
@@ -756,6 +782,8 @@ def main(argv: list[str] | None = None) -> int:
         months=args.months,
         refund_share=args.refund_share,
     )
+    if args.aipress24_database:
+        data = _with_aipress24(data, args.aipress24_database, args.aipress24_vat_rates)
     sandbox = StripeSandbox(
         api_key=args.api_key,
         webhook_secret=args.webhook_secret,

@@ -150,6 +150,10 @@ class SyncContext:
     # What one batched look-up found in Dolibarr for the records claimed together
     # (`sync.known.KnownObjects`); None when nothing was looked up in advance.
     known: Any = None
+    # The Aipress24 reader (`connectors.aipress24.Aipress24Reader`) when AIPRESS24_DATABASE_URL
+    # is set: the Aipress24 handlers read the current row through it (a pushed event makes a
+    # record due before the next pull has read the change). None: they use the snapshot.
+    aipress24: Any = None
 
 
 Handler = Callable[["SyncRecord", SyncContext], Outcome]

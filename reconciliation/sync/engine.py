@@ -90,8 +90,11 @@ logger = logging.getLogger(__name__)
 
 # Dependency order. Kinds not named here (other sources' records) run last.
 PHASES: tuple[tuple[str, ...], ...] = (
+    # Aipress24's customers first: they own the thirdparty of every Stripe customer mapped to
+    # them, and its one Stripe link (`aipress24_customers`).
+    ("organisation", "user"),
     ("customer",),
-    ("invoice",),
+    ("invoice", "purchase"),
     # Refunds first: they hold the lane, and the workers that start on them keep it busy
     # while the others settle the charges and payment intents (`_run_phase`).
     ("refund", "charge", "payment_intent"),
@@ -224,6 +227,7 @@ def build_context(
     client: DolibarrClient | None = None,
     stripe: Any = None,
     lane: Any = None,
+    aipress24: Any = None,
 ) -> SyncContext:
     """A context from the settings (or from the parts given): the Dolibarr client wrapped for
     auditing (or, in a dry run, for planning), its setup, the shared lane, and Stripe when it is
@@ -237,13 +241,24 @@ def build_context(
         lane = lane_from_settings()
     if stripe is None and settings.STRIPE_API_KEY:
         stripe = StripeConnector.from_settings()
+    if aipress24 is None and settings.AIPRESS24_DATABASE_URL:
+        from reconciliation.connectors.aipress24 import Aipress24Reader
+
+        aipress24 = Aipress24Reader.from_settings()
     dolibarr: Any
     if dry_run:
         dolibarr = PlanningDolibarr(client, currency=setup.company_currency)
     else:
         dolibarr = AuditedDolibarr(client)
         lane = AuditAfterHold(lane, dolibarr)
-    return SyncContext(dolibarr=dolibarr, stripe=stripe, lane=lane, setup=setup, dry_run=dry_run)
+    return SyncContext(
+        dolibarr=dolibarr,
+        stripe=stripe,
+        lane=lane,
+        setup=setup,
+        dry_run=dry_run,
+        aipress24=aipress24,
+    )
 
 
 # --- running --------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ record is claimed."""
 from __future__ import annotations
 
 from reconciliation.sync import (  # noqa: F401
+    aipress24_customers,
+    aipress24_purchases,
     stripe_customers,
     stripe_invoices,
     stripe_payments,

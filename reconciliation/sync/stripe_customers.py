@@ -24,7 +24,7 @@ from typing import Any
 
 from reconciliation.connectors.dolibarr_types import Thirdparty
 from reconciliation.errors import NotFoundError, TransientError
-from reconciliation.models import MismatchKind, Source, SyncRecord
+from reconciliation.models import MismatchKind, Source, SourceAlias, SyncRecord
 from reconciliation.services.creations import creation_confirm, creation_forget, creation_note
 from reconciliation.sync.base import (
     MismatchSpec,
@@ -48,12 +48,31 @@ _VAT_TYPES = ("eu_vat", "gb_vat", "ch_vat", "no_vat")
 
 
 def thirdparty_ref_ext(customer: dict[str, Any]) -> str:
+    """The identity of the customer's thirdparty: the Aipress24 organisation or user named in
+    its metadata, else the one the console maps it to (`SourceAlias`: every Stripe customer of
+    an Aipress24 organisation, written by the Aipress24 pull), else the customer itself."""
     metadata = customer.get("metadata") or {}
     for key, prefix in (("ap24_org_id", "ap24-org"), ("ap24_user_id", "ap24-user")):
         value = str(metadata.get(key) or "")
         if value and _AP24_ID.match(value):
             return f"{prefix}-{value}"
-    return customer["id"]
+    mapped = _mapped_identity(customer["id"])
+    return mapped[0] if mapped else customer["id"]
+
+
+def _mapped_identity(customer_id: str) -> tuple[str, str] | None:
+    """(`ap24-org-<id>` or `ap24-user-<id>`, the alias role) when the console maps this Stripe
+    customer to an Aipress24 record."""
+    alias = (
+        SourceAlias.objects.filter(system=Source.STRIPE, kind="customer", external_id=customer_id)
+        .values_list("record__kind", "record__external_id", "role")
+        .first()
+    )
+    if alias is None:
+        return None
+    kind, external_id, role = alias
+    prefix = "ap24-org" if kind == "organisation" else "ap24-user"
+    return f"{prefix}-{external_id}", role
 
 
 @wants("stripe", "customer")
@@ -157,6 +176,11 @@ def stripe_customer_sync(record: SyncRecord, context: SyncContext) -> Outcome:
         thirdparty = candidates[0]
         thirdparty_id = thirdparty.id
         _update_thirdparty(thirdparty, customer, context, last_write_wins=not shared)
+        if shared and _mapped_identity(customer_id) is not None:
+            # An Aipress24 organisation's customer: the organisation's record owns the
+            # thirdparty's one Stripe link (the customer it bills with, `aipress24_customers`);
+            # this one maps to the same thirdparty through the console's own mapping.
+            return Synced(DOLIBARR_KIND, thirdparty_id)
         link = dolibarr.stripe_link(thirdparty_id=thirdparty_id)
     if link is not None and link.customer_id != customer_id:
         if shared and _same_identity(link.customer_id, ref_ext):

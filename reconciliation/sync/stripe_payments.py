@@ -10,7 +10,7 @@ payment intent record only says where its money is:
 - failed, canceled, still requiring payment: Skipped with Stripe's failure code (no money);
 - disputed: needs review — the money may go back, and only a person knows how the dispute ends;
 - not paying any Stripe invoice (an article bought in Aipress24): Skipped, billed from the
-  Aipress24 purchase (issue 4);
+  Aipress24 purchase (docs/aipress24-sync.md);
 - in a currency Dolibarr cannot take (not the company's, and not written as a multicurrency
   document): Skipped, the invoice carries the currency mismatch.
 """
@@ -37,7 +37,10 @@ from reconciliation.sync.stripe_common import duplicates, foreign_currency_reaso
 
 DOLIBARR_KIND = "payment"
 
-PURCHASE_FLOW = "no Stripe invoice names this payment: billed from the Aipress24 purchase (issue 4)"
+PURCHASE_FLOW = (
+    "no Stripe invoice names this payment: billed from the Aipress24 purchase "
+    "(docs/aipress24-sync.md)"
+)
 
 
 def _reference(kind: str, payment: dict[str, Any]) -> str:

@@ -9,8 +9,8 @@ sign, 64-66) and `ref_ext` = `re_…`.
 Lines: a full refund copies the invoice's lines; a partial refund follows the pro-rata rule of
 `invoice_lines.partial_refund_encoding` (exact to the cent, or the refund goes to review).
 A refund of a payment that no Stripe invoice names (an article bought from Aipress24) is
-skipped here: that sale is billed from its Aipress24 purchase (issue 4), which owns its credit
-note.
+skipped here: that sale is billed from its Aipress24 purchase (docs/aipress24-sync.md), which
+owns its credit note.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ DOLIBARR_KIND = "credit_note"
 
 PURCHASE_FLOW = (
     "no Stripe invoice names the refunded payment: the sale is billed from its Aipress24 "
-    "purchase (issue 4), which writes its credit note"
+    "purchase (docs/aipress24-sync.md), which writes its credit note"
 )
 
 

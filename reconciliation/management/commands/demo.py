@@ -21,6 +21,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from reconciliation.demo import DemoError, Supervisor, free_port, port_is_free
 from reconciliation.errors import Ap24SyncError
+from reconciliation.sandbox.aipress24 import build_sqlite
 from reconciliation.sandbox.seed import PAYOUT_ACCOUNT_REF, dolibarr_bank_account_create
 
 DEMO_USERNAME = "finance"
@@ -65,6 +66,13 @@ class Command(BaseCommand):
         password = self._demo_login()
 
         supervisor = Supervisor(log_dir=Path(options["log_dir"]), env=dict(os.environ))
+        # Aipress24's synthetic data in its SQLite equivalent: the demo stays on the embedded
+        # default, and its customers and purchases flow into the sandbox Dolibarr.
+        aipress24_path = Path(options["log_dir"]).resolve() / "aipress24.sqlite3"
+        aipress24_path.parent.mkdir(parents=True, exist_ok=True)
+        aipress24_path.unlink(missing_ok=True)
+        build_sqlite(aipress24_path)
+        aipress24_url = f"sqlite:///{aipress24_path}"
         try:
             dolibarr_url = self._start_sandbox(
                 supervisor,
@@ -98,6 +106,10 @@ class Command(BaseCommand):
                     str(options["customers"]),
                     "--webhook-secret",
                     webhook_secret,
+                    "--aipress24-database",
+                    aipress24_url,
+                    "--aipress24-vat-rates",
+                    ",".join(f"{k}={v}" for k, v in settings.AIPRESS24_VAT_RATES.items()),
                 ],
             )
             # The accounts a finance team creates in Dolibarr: where Stripe payouts go, and for
@@ -122,6 +134,7 @@ class Command(BaseCommand):
                 "STRIPE_API_BASE": stripe_url,
                 "STRIPE_API_KEY": stripe_key,
                 "STRIPE_WEBHOOK_SECRET": webhook_secret,
+                "AIPRESS24_DATABASE_URL": aipress24_url,
             }
             supervisor.env.update(remote_env)
             for name, value in remote_env.items():
@@ -176,11 +189,19 @@ class Command(BaseCommand):
         return url
 
     def _pull_demo_data(self) -> None:
+        from reconciliation.connectors.aipress24 import Aipress24Reader
+        from reconciliation.sync.aipress24_pull import aipress24_pull_all
         from reconciliation.sync.stripe_sync import stripe_sync
 
+        with Aipress24Reader.from_settings() as reader:
+            aipress24 = aipress24_pull_all(reader=reader, trigger="manual", full=True)
         result = stripe_sync(trigger="manual")
         summary = ", ".join(
-            f"{counts.get('seen', 0)} {stream}" for stream, counts in result.pulled.items()
+            f"{counts.get('seen', 0)} {stream}"
+            for stream, counts in (
+                *((f"aipress24 {name}", c) for name, c in aipress24.items()),
+                *result.pulled.items(),
+            )
         )
         self.stdout.write(f"  sync records: {summary}")
         done = result.processed
