@@ -96,12 +96,8 @@ class World:
 
 
 @pytest.fixture
-def world(settings, aipress24_sqlite, dolibarr_client, dolibarr_sandbox):
-    yield from _world(settings, aipress24_sqlite, dolibarr_client, dolibarr_sandbox)
-
-
-@pytest.fixture
-def world_on_both(settings, aipress24_db, dolibarr_client, dolibarr_sandbox):
+def world(settings, aipress24_db, dolibarr_client, dolibarr_sandbox):
+    """On PostgreSQL (schema.sql + sample-data.sql loaded) and on the SQLite equivalent."""
     yield from _world(settings, aipress24_db, dolibarr_client, dolibarr_sandbox)
 
 
@@ -139,12 +135,12 @@ def _paid_purchases(world: World) -> list[dict]:
 # --- customers and partners ---------------------------------------------------------------------
 
 
-def test_each_paying_organisation_and_individual_buyer_exists_once_as_a_thirdparty(world_on_both):
-    world_on_both.sync()
+def test_each_paying_organisation_and_individual_buyer_exists_once_as_a_thirdparty(world):
+    world.sync()
 
     for organisation in PAYING_ORGANISATIONS:
-        assert len(world_on_both.thirdparties(f"ap24-org-{organisation}")) == 1
-    assert len(world_on_both.thirdparties(f"ap24-user-{INDIVIDUAL}")) == 1
+        assert len(world.thirdparties(f"ap24-org-{organisation}")) == 1
+    assert len(world.thirdparties(f"ap24-user-{INDIVIDUAL}")) == 1
 
 
 def test_an_organisation_thirdparty_carries_its_billing_identity(world):
@@ -209,16 +205,16 @@ def test_every_stripe_customer_of_an_organisation_resolves_to_its_one_thirdparty
 # --- purchases ----------------------------------------------------------------------------------
 
 
-def test_each_paid_purchase_has_exactly_one_order_invoice_and_payment(world_on_both):
-    world_on_both.sync()
+def test_each_paid_purchase_has_exactly_one_order_invoice_and_payment(world):
+    world.sync()
 
-    purchases = _paid_purchases(world_on_both)
+    purchases = _paid_purchases(world)
     assert len(purchases) == 12
     for purchase in purchases:
         ref_ext = f"ap24-purchase-{purchase['id']}"
-        (order,) = world_on_both.dolibarr.find_orders(ref_ext=ref_ext)
-        (invoice,) = world_on_both.dolibarr.find_invoices(ref_ext=ref_ext)
-        (payment,) = world_on_both.dolibarr.find_payments(ref_ext=purchase["intent"])
+        (order,) = world.dolibarr.find_orders(ref_ext=ref_ext)
+        (invoice,) = world.dolibarr.find_invoices(ref_ext=ref_ext)
+        (payment,) = world.dolibarr.find_payments(ref_ext=purchase["intent"])
         assert order.billed
         assert not invoice.is_draft
         assert payment.id
