@@ -25,7 +25,7 @@ from reconciliation.models import (
 from reconciliation.sandbox.stripe import StripeSandbox
 from reconciliation.sandbox.stripe_aipress24 import aipress24_stripe_dataset, vat_cents
 from reconciliation.sync.aipress24_pull import aipress24_pull_all
-from reconciliation.sync.engine import build_context
+from reconciliation.sync.engine import build_context, sync_due
 from reconciliation.sync.lane import LocalLane
 from reconciliation.sync.stripe_pull import stripe_stream_pull
 from reconciliation.webhooks import push_signature
@@ -478,3 +478,25 @@ def test_a_pushed_refund_without_a_stripe_refund_goes_to_review(
     assert record.state == SyncState.NEEDS_REVIEW
     assert record.snapshot["status"] == "refunded"
     assert Mismatch.objects.get(record=record).kind == MismatchKind.REFUND_MISSING
+
+
+def test_a_dry_run_plans_the_whole_purchase_chain_and_writes_nothing(world):
+    aipress24_pull_all(reader=world.reader)
+    context = build_context(
+        client=world.dolibarr,
+        stripe=world.stripe,
+        lane=LocalLane(world.dolibarr_sandbox.api_url, timeout=30),
+        aipress24=world.reader,
+        dry_run=True,
+    )
+
+    sync_due(context=context)
+
+    planned = [write.line() for write in context.dolibarr.plan]
+    cession = "7442533240012804303"
+    assert f"create order ap24-purchase-{cession} [purchase {cession}]" in planned
+    assert any(line.startswith("validate invoice") for line in planned)
+    assert any(line.startswith("create payment pi_3utWXvrYDjQ8xAnuxFEF0csw") for line in planned)
+    assert sum(line.startswith("create product") for line in planned) == 4  # one per type
+    assert world.dolibarr.find_orders(ref_ext=f"ap24-purchase-{cession}") == []
+    assert world.thirdparties(f"ap24-org-{RIVAGE}") == []

@@ -56,7 +56,7 @@ from reconciliation.sync.base import (
 )
 from reconciliation.sync.dependencies import dependency
 from reconciliation.sync.invoice_lines import _net_for_gross
-from reconciliation.sync.known import Wanted, find_invoices, wants
+from reconciliation.sync.known import Wanted, find_invoices, run_cache, wants
 
 DOLIBARR_KIND = "invoice"
 PAID_STATUSES = ("paid", "refunded")
@@ -298,7 +298,13 @@ def _linked_invoices(order: Order) -> list[int]:
 
 
 def _product_id(context: SyncContext, product_type: str) -> int:
-    """The service product of a purchase type, created once when Dolibarr lacks it."""
+    """The service product of a purchase type, created once when Dolibarr lacks it; looked up
+    once per run."""
+    ref = product_ref(product_type)
+    return run_cache(context).product(ref, lambda: _find_or_create_product(context, product_type))
+
+
+def _find_or_create_product(context: SyncContext, product_type: str) -> int:
     ref = product_ref(product_type)
     dolibarr = context.dolibarr
     found = dolibarr.find_products(ref=ref)

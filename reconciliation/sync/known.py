@@ -83,6 +83,17 @@ class RunCache:
         self._invoice_by_payment_intent: dict[str, str] | None = None
         self._index_built_at = 0.0
         self._payments: dict[str, tuple[int, str]] = {}
+        self._products: dict[str, int] = {}
+
+    def product(self, ref: str, find: Callable[[], int]) -> int:
+        """The id of the Dolibarr product `ref`, found (or created) once per run by `find`."""
+        with self._lock:
+            known = self._products.get(ref)
+        if known is not None:
+            return known
+        product_id = find()
+        with self._lock:
+            return self._products.setdefault(ref, product_id)
 
     def note_payment(self, ref_ext: str, payment_id: int, ref: str = "") -> None:
         """A payment this run wrote, or found as the only one with its `ref_ext`: the charge

@@ -29,6 +29,7 @@ from reconciliation.connectors.dolibarr_types import (
     InvoiceStatus,
     InvoiceType,
     NewLine,
+    Order,
 )
 from reconciliation.errors import TransientError
 from reconciliation.sync.invoice_lines import dolibarr_totals
@@ -248,6 +249,16 @@ class _PlannedInvoice:
     multicurrency_code: str | None = None
 
 
+@dataclass
+class _PlannedOrder:
+    id: int
+    thirdparty_id: int
+    ref_ext: str
+    lines: tuple[NewLine, ...]
+    status: int = 0
+    billed: bool = False
+
+
 class PlanningDolibarr:
     """Reads go to Dolibarr; writes become `plan` entries and return placeholders: negative ids
     for what would be created, `ActionResult(changed=True)` for state changes. Reads of a
@@ -260,6 +271,7 @@ class PlanningDolibarr:
         self._lock = threading.Lock()
         self._next_id = 0
         self._invoices: dict[int, _PlannedInvoice] = {}
+        self._orders: dict[int, _PlannedOrder] = {}
         self.plan: list[PlannedWrite] = []
         self.planned_outcomes: dict[tuple[str, str, str], Any] = {}
         self.outcomes: list[tuple[str, Any]] = []
@@ -323,6 +335,94 @@ class PlanningDolibarr:
                 multicurrency_code=kwargs.get("multicurrency_code"),
             )
         return placeholder
+
+    # Orders (Aipress24 purchases): a planned order reads back with its lines' totals, and an
+    # invoice planned from it copies them, as Dolibarr's createfromorder does (41).
+
+    def create_order(self, **kwargs: Any) -> int:
+        placeholder = self._placeholder()
+        self._note("create_order", kwargs, placeholder)
+        with self._lock:
+            self._orders[placeholder] = _PlannedOrder(
+                id=placeholder,
+                thirdparty_id=kwargs["thirdparty_id"],
+                ref_ext=kwargs["ref_ext"],
+                lines=tuple(kwargs["lines"]),
+            )
+        return placeholder
+
+    def get_order(self, *, order_id: int) -> Order:
+        planned = self._orders.get(order_id)
+        if planned is None:
+            return self._client.get_order(order_id=order_id)
+        totals = dolibarr_totals(planned.lines, currency=self._currency)
+        return Order.from_raw(
+            {
+                "id": planned.id,
+                "ref": f"(PROV{planned.id})",
+                "ref_ext": planned.ref_ext,
+                "socid": planned.thirdparty_id,
+                "statut": planned.status,
+                "billed": 1 if planned.billed else 0,
+                "total_ht": f"{totals.ht:f}",
+                "total_tva": f"{totals.tva:f}",
+                "total_ttc": f"{totals.ttc:f}",
+                "lines": [],
+                "linkedObjectsIds": None,
+            }
+        )
+
+    def validate_order(self, *, order_id: int) -> ActionResult[Order]:
+        self._note("validate_order", {"order_id": order_id}, order_id)
+        planned = self._orders.get(order_id)
+        if planned is not None:
+            planned.status = 1
+        return ActionResult(changed=True)
+
+    def set_order_invoiced(self, *, order_id: int) -> ActionResult[Order]:
+        self._note("set_order_invoiced", {"order_id": order_id}, order_id)
+        planned = self._orders.get(order_id)
+        if planned is not None:
+            planned.billed = True
+        return ActionResult(changed=True)
+
+    def create_invoice_from_order(self, *, order_id: int) -> Invoice:
+        planned = self._orders.get(order_id)
+        if planned is not None:
+            thirdparty_id, lines = planned.thirdparty_id, planned.lines
+        else:
+            order = self._client.get_order(order_id=order_id)
+            thirdparty_id = order.thirdparty_id
+            lines = tuple(
+                NewLine(
+                    qty=line.qty,
+                    subprice=line.subprice,
+                    tva_tx=line.tva_tx,
+                    description=line.description or f"line {line.id}",
+                    product_id=line.product_id,
+                )
+                for line in order.lines
+            )
+        placeholder = self._placeholder()
+        self._note("create_invoice_from_order", {"order_id": order_id}, placeholder)
+        with self._lock:
+            self._invoices[placeholder] = _PlannedInvoice(
+                id=placeholder,
+                thirdparty_id=thirdparty_id,
+                ref_ext="",
+                type=InvoiceType.STANDARD,
+                lines=lines,
+            )
+        return self.get_invoice(invoice_id=placeholder)
+
+    def update_invoice(self, *, invoice_id: int, changes: Mapping[str, Any]) -> Invoice:
+        self._note("update_invoice", {"invoice_id": invoice_id, "changes": changes}, invoice_id)
+        planned = self._invoices.get(invoice_id)
+        if planned is None:
+            return self._client.get_invoice(invoice_id=invoice_id)
+        if changes.get("ref_ext"):
+            planned.ref_ext = changes["ref_ext"]
+        return self.get_invoice(invoice_id=invoice_id)
 
     def validate_invoice(self, *, invoice_id: int) -> ActionResult[Invoice]:
         self._note("validate_invoice", {"invoice_id": invoice_id}, invoice_id)
