@@ -95,11 +95,36 @@ def check_stripe() -> Finding:
     return Finding("stripe", True, f"Stripe answers at {where}")
 
 
+def check_aipress24() -> Finding:
+    """The reader opens its read-only session and reads one page; the VAT rate of every product
+    type is a percentage (a purchase of a type without one could not be billed)."""
+    from reconciliation.connectors.aipress24 import Aipress24Reader
+    from reconciliation.connectors.aipress24_types import ProductType
+    from reconciliation.sync.aipress24_mapping import vat_rate
+
+    try:
+        rates = {kind.value: vat_rate(kind.value) for kind in ProductType}
+        with Aipress24Reader.from_settings(guarded=False) as reader:
+            reader.organisations_changed(since=None, page_size=1)
+            backend = reader.backend
+    except ConfigurationError as exc:
+        return Finding("aipress24", False, str(exc))
+    except RemoteError as exc:
+        return Finding(
+            "aipress24",
+            False,
+            f"{exc}; check AIPRESS24_DATABASE_URL and that the database is up",
+        )
+    shown = ", ".join(f"{kind} {rate} %" for kind, rate in rates.items())
+    return Finding("aipress24", True, f"Aipress24 readable ({backend}); VAT rates {shown}")
+
+
 CHECKS: tuple[Callable[[], Finding], ...] = (
     check_database,
     check_broker,
     check_dolibarr,
     check_stripe,
+    check_aipress24,
 )
 
 

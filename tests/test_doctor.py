@@ -9,7 +9,8 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def configured(settings, dolibarr_sandbox, dolibarr_api_key, stripe_sandbox):
+def configured(settings, dolibarr_sandbox, dolibarr_api_key, stripe_sandbox, aipress24_sqlite):
+    settings.AIPRESS24_DATABASE_URL = aipress24_sqlite.url
     settings.DOLIBARR_URL = dolibarr_sandbox.api_url
     settings.DOLIBARR_API_KEY = dolibarr_api_key
     settings.DOLIBARR_MAX_RETRIES = 0
@@ -68,3 +69,23 @@ def test_doctor_names_a_missing_dolibarr_url(configured, capsys):
     configured.DOLIBARR_URL = ""
     lines, _ = _doctor(capsys)
     assert _line(lines, "dolibarr") == "FAIL dolibarr: DOLIBARR_URL is not set; see .env.example"
+
+
+def test_doctor_says_aipress24_is_readable_with_its_vat_rates(configured, capsys):
+    lines, failed = _doctor(capsys)
+    assert failed is None
+    assert "Aipress24 readable (sqlite); VAT rates consultation 2.1 %" in _line(lines, "aipress24")
+
+
+def test_doctor_names_a_missing_aipress24_database(configured, capsys):
+    configured.AIPRESS24_DATABASE_URL = ""
+    lines, failed = _doctor(capsys)
+    assert failed is not None
+    assert "AIPRESS24_DATABASE_URL is not set" in _line(lines, "aipress24")
+
+
+def test_doctor_names_a_product_type_without_a_vat_rate(configured, capsys):
+    configured.AIPRESS24_VAT_RATES = {"consultation": "2.1"}
+    lines, failed = _doctor(capsys)
+    assert failed is not None
+    assert "AIPRESS24_VAT_RATES has no rate for product type" in _line(lines, "aipress24")
