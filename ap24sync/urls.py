@@ -9,5 +9,7 @@ urlpatterns = [
     # Before the admin's own URLs, whose catch-all view would answer first.
     path("admin/status/", admin.site.admin_view(health.status_page), name="status"),
     path("admin/", admin.site.urls),
+    path("console/", include("reconciliation.console.urls")),
+    path("i18n/", include("django.conf.urls.i18n")),
     path("", include("reconciliation.urls")),
 ]
