@@ -160,6 +160,10 @@ SYNC_WORKERS = env.int("SYNC_WORKERS", default=4)
 SYNC_MAX_ATTEMPTS = env.int("SYNC_MAX_ATTEMPTS", default=8)
 SYNC_LEASE_MINUTES = env.int("SYNC_LEASE_MINUTES", default=15)
 
+# The scheduled reconciliation looks at what changed in this many days (the daily full one at
+# everything).
+RECONCILE_WINDOW_DAYS = env.int("RECONCILE_WINDOW_DAYS", default=35)
+
 # --- Jobs, circuit breakers, alerts ---------------------------------------------------------
 # A job's lease: a crashed holder's expires after this many seconds (holders renew it while
 # they run), so that the next run proceeds.

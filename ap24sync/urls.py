@@ -12,4 +12,5 @@ urlpatterns = [
     path("console/", include("reconciliation.console.urls")),
     path("i18n/", include("django.conf.urls.i18n")),
     path("", include("reconciliation.urls")),
+    path("", include("reconciliation.invoice_pdf_urls")),
 ]

@@ -265,6 +265,30 @@ def _aipress24_full_pass(call: JobCall) -> JobResult:
     return _aipress24_sync(call, full=True)
 
 
+def _reconcile(call: JobCall, *, full: bool = False) -> JobResult:
+    from reconciliation.connectors.dolibarr import DolibarrClient
+    from reconciliation.connectors.stripe import StripeConnector
+    from reconciliation.reconcile.job import default_since, reconcile
+    from reconciliation.sync.engine import dolibarr_setup
+
+    full = full or bool(call.options.get("full"))
+    since = None if full else default_since()
+    call.progress.line(
+        "reconciling all time" if since is None else f"reconciling since {since:%Y-%m-%d %H:%M}"
+    )
+    with DolibarrClient.from_settings() as client:
+        setup = dolibarr_setup(client=client)
+        stripe = StripeConnector.from_settings() if settings.STRIPE_API_KEY else None
+        result = reconcile(
+            dolibarr=client, setup=setup, stripe=stripe, since=since, trigger=call.trigger
+        )
+    return JobResult(counts={k: int(v) for k, v in result.counts.items() if v}, detail=result)
+
+
+def _reconcile_full(call: JobCall) -> JobResult:
+    return _reconcile(call, full=True)
+
+
 def _breakers_check(call: JobCall) -> JobResult:
     # Imported when the job runs, so that the registry (and setup_schedules) loads whatever
     # state the resilience module is in.
@@ -321,6 +345,23 @@ JOBS: dict[str, Job] = {
             "refund is seen (it moves no column) — then write what is due",
             function=_aipress24_full_pass,
             cadence="daily 03:00",
+        ),
+        Job(
+            name="reconcile",
+            description="compare what changed in the last RECONCILE_WINDOW_DAYS days with "
+            "Dolibarr: open a mismatch for every difference, close those found in step",
+            function=_reconcile,
+            cadence="every 1h",
+            options=frozenset({"full"}),
+            cannot_dry_run="it writes nothing to Dolibarr (it only reads both sides)",
+        ),
+        Job(
+            name="reconcile_full",
+            description="the reconciliation over all time",
+            function=_reconcile_full,
+            cadence="daily 04:30",
+            cannot_dry_run="it writes nothing to Dolibarr (it only reads both sides)",
+            adopts=("reconcile",),
         ),
         Job(
             name="sync_retry",

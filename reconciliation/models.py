@@ -639,3 +639,68 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise AppendOnlyError("audit events are append-only: they cannot be deleted")
+
+
+# --- Invoice PDFs and the Aipress24 API -------------------------------------------------------
+
+
+class InvoicePdf(models.Model):
+    """The last PDF downloaded from Dolibarr for one invoice or credit note (docs/invoice-pdfs.md).
+    Every successful download replaces it; it is served, marked cached, only while Dolibarr
+    cannot be reached (DESIGN.md §7)."""
+
+    dolibarr_invoice_id = models.PositiveBigIntegerField(unique=True)
+    invoice_ref = models.CharField(max_length=128, db_index=True)
+    thirdparty_id = models.PositiveBigIntegerField()
+    filename = models.CharField(max_length=160)
+    content = models.BinaryField()
+    sha256 = models.CharField(max_length=64)
+    size = models.PositiveIntegerField()
+    fetched_at = models.DateTimeField(help_text=_("When this copy was downloaded from Dolibarr"))
+
+    class Meta:
+        verbose_name = _("invoice PDF")
+        verbose_name_plural = _("invoice PDFs")
+
+    def __str__(self) -> str:
+        return f"{self.filename} ({self.size} bytes, {self.fetched_at:%Y-%m-%d %H:%M})"
+
+
+class ApiClientTokenQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(revoked_at__isnull=True)
+
+
+class ApiClientToken(models.Model):
+    """A token with which Aipress24 reads one customer's invoice PDFs (docs/invoice-pdfs.md).
+    Only its SHA-256 is kept: the token itself is shown once, when it is created."""
+
+    name = models.CharField(max_length=100)
+    token_hash = models.CharField(max_length=64, unique=True)
+    token_prefix = models.CharField(
+        max_length=8, unique=True, help_text=_("The token's first characters, to tell it apart")
+    )
+    thirdparty_id = models.PositiveBigIntegerField(
+        db_index=True, help_text=_("The Dolibarr thirdparty whose invoices it may read")
+    )
+    thirdparty_ref_ext = models.CharField(max_length=255, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiClientTokenQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("API client token")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        state = " (revoked)" if self.revoked_at else ""
+        return f"{self.token_prefix}… {self.name}{state}"

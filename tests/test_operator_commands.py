@@ -94,7 +94,8 @@ def test_run_job_of_an_unknown_job_is_one_line():
         _call("run_job", "stripe_synk")
     assert str(error.value) == (
         "unknown job 'stripe_synk'; one of stripe_events, stripe_sync, stripe_full_rescan, "
-        "aipress24_sync, aipress24_full_pass, sync_retry, breakers_check"
+        "aipress24_sync, aipress24_full_pass, reconcile, reconcile_full, sync_retry, "
+        "breakers_check"
     )
 
 
@@ -102,7 +103,7 @@ def test_run_job_full_on_a_job_without_a_full_rescan_is_refused():
     with pytest.raises(CommandError) as error:
         _call("run_job", "sync_retry", "--full")
     assert str(error.value) == (
-        "sync_retry takes no --full (jobs that do: stripe_sync, aipress24_sync)"
+        "sync_retry takes no --full (jobs that do: stripe_sync, aipress24_sync, reconcile)"
     )
 
 

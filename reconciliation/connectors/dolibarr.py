@@ -394,6 +394,22 @@ class DolibarrClient:
             return None
         return Thirdparty.from_raw(_as_object(raw, "thirdparty"))
 
+    def merge_thirdparties(self, *, keep_id: int, merge_id: int) -> Thirdparty:
+        """Merge thirdparty `merge_id` into `keep_id` (`PUT /thirdparties/{id}/merge/{idtodelete}`):
+        Dolibarr moves its invoices, orders, payments and Stripe links to the kept one, keeps the
+        kept one's values where both have one (notes are joined), deletes the other and answers
+        the kept thirdparty. Never retried: a merge that went through answers 404 when sent
+        again (the other is gone), so a caller unsure of the outcome looks `merge_id` up."""
+        if keep_id == merge_id:
+            raise ValueError("a thirdparty cannot be merged into itself")
+        raw = self._call(
+            "PUT",
+            "/thirdparties/{id}/merge/{idtodelete}",
+            path={"id": keep_id, "idtodelete": merge_id},
+            retry=False,
+        )
+        return Thirdparty.from_raw(_as_object(raw, "thirdparty"))
+
     # -- products -----------------------------------------------------------------------------
 
     def find_products(self, *, ref: str) -> list[Product]:
@@ -850,6 +866,22 @@ class DolibarrClient:
         if raw is _NOT_MODIFIED:
             return ActionResult(changed=False)
         return ActionResult(changed=True, value=Invoice.from_raw(_as_object(raw, "invoice")))
+
+    def find_invoice_by_ref(self, *, ref: str) -> Invoice | None:
+        """The invoice or credit note numbered `ref` (`FA2611-0001`, `AV2611-0001`), or None.
+        A list search, because `GET /invoices/ref/{ref}` fails in this build like its ref_ext
+        twin (61). Refs are unique (`uk_facture_ref`), but the collation ignores case and
+        trailing spaces, so only an exact match counts. A draft's `(PROVn)` cannot be searched
+        (UnsafeFilterValue): drafts have no number yet."""
+        params = {
+            "sqlfilters": equals("t.ref", ref),
+            "sortfield": "t.rowid",
+            "sortorder": "ASC",
+            "limit": 5,
+        }
+        rows = self._call("GET", "/invoices", params=params)
+        invoices = [Invoice.from_raw(row) for row in _as_list(rows, "invoices")]
+        return next((invoice for invoice in invoices if invoice.ref == ref), None)
 
     # -- payments -----------------------------------------------------------------------------
 

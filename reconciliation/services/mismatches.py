@@ -179,3 +179,32 @@ def mismatches_close_for_record(*, record_id: int, note: str) -> int:
             )
             closed += 1
     return closed
+
+
+def mismatches_close_fingerprints(*, fingerprints: set[str], note: str) -> int:
+    """Close the open mismatches whose subject a detection checked and found in step (their
+    fingerprints). Approved ones are left to the fix being applied; ignored ones stay as a
+    person left them. Returns how many were closed, each with its audit event."""
+    closed = 0
+    pending = sorted(fingerprints)
+    for start in range(0, len(pending), 500):
+        candidates = Mismatch.objects.filter(
+            fingerprint__in=pending[start : start + 500], state=MismatchState.OPEN
+        ).values_list("pk", flat=True)
+        for pk in list(candidates):
+            with transaction.atomic():
+                locked = Mismatch.objects.select_for_update().get(pk=pk)
+                if locked.state != MismatchState.OPEN:
+                    continue
+                before = _state_of(locked)
+                locked.resolve(by=None, now=timezone.now(), note=note)
+                locked.save()
+                audit_record(
+                    action="mismatch.closed_automatically",
+                    target=locked,
+                    before=before,
+                    after=_state_of(locked),
+                    reason=note,
+                )
+                closed += 1
+    return closed
