@@ -6,4 +6,6 @@ pytest_plugins: list[str] = [
     "tests.fixtures_dolibarr_client",
     "tests.fixtures_remotes",
     "tests.fixtures_aipress24",
+    "tests.fixtures_browser",
+    "tests.fixtures_mariadb",
 ]

@@ -327,7 +327,7 @@ def _order(left: Any, right: Any) -> int:
     if is_number(left) or is_number(right):
         a, b = _number(left), _number(right)
     else:
-        a, b = collate(_text(left)), collate(_text(right))
+        a, b = collate_padded(_text(left)), collate_padded(_text(right))
     return (a > b) - (a < b)
 
 
@@ -356,6 +356,13 @@ def _text(value: Any) -> str:
 def collate(text: str) -> str:
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(char for char in decomposed if not unicodedata.combining(char)).casefold()
+
+
+def collate_padded(text: str) -> str:
+    """`collate` for `=` and ordering: `utf8mb4_unicode_ci` is a PAD SPACE collation, where
+    trailing spaces do not count (`'x' = 'x '`), while LIKE compares them (`'a' LIKE 'a '` is
+    false). Checked against MariaDB 10.11 (tests/contract/test_dolibarr_schema_mariadb.py)."""
+    return collate(text.rstrip(" "))
 
 
 def _like(value: str, pattern: str) -> bool:

@@ -29,7 +29,7 @@ from reconciliation.sandbox.dolibarr.multicurrency import (
     company_currency,
     currencies_for,
 )
-from reconciliation.sandbox.dolibarr.sqlfilters import collate, is_number
+from reconciliation.sandbox.dolibarr.sqlfilters import collate_padded, is_number
 from reconciliation.sandbox.dolibarr.templates import midnight, round_cents, yymm
 
 ZERO = Decimal(0)
@@ -62,7 +62,7 @@ def index_key(value: Any) -> str | None:
     NULL (never equal) and for numbers (compared as numbers, so not indexable by text)."""
     if value is None or is_number(value):
         return None
-    return collate(str(value))
+    return collate_padded(str(value))
 
 
 class ColumnIndex:
@@ -171,7 +171,7 @@ class Table(dict[int, R], Generic[R]):
             return None
         ids: set[int] = set()
         for value in values:
-            ids.update(index.keys.get(collate(value), ()))
+            ids.update(index.keys.get(collate_padded(value), ()))
         position = self._position
         return [dict.__getitem__(self, key) for key in sorted(ids, key=position.__getitem__)]
 
