@@ -75,7 +75,7 @@ FROM generate_series(1, %(records)s) AS g
 
 _MISMATCHES_SQL = """
 INSERT INTO reconciliation_mismatch (
-    kind, severity, fingerprint, record_id, summary, amount_difference, currency,
+    kind, severity, severity_rank, fingerprint, record_id, summary, amount_difference, currency,
     source_snapshot, dolibarr_snapshot, proposed_fix, proposed_fix_params, state, decided_by_id,
     decided_at, note, detected_at, last_seen_at, closed_at)
 SELECT
@@ -84,6 +84,7 @@ SELECT
            'customer_conflict', 'payout_unbalanced', 'balance_differs',
            'sync_failed'])[1 + g %% 12],
     (ARRAY['info', 'warning', 'warning', 'critical'])[1 + g %% 4],
+    (ARRAY[2, 1, 1, 0])[1 + g %% 4],
     md5('m' || g) || md5('n' || g),
     (SELECT min(id) FROM reconciliation_syncrecord) + (g * 7) %% %(records)s,
     'Dolibarr invoice FA' || g || ' totals 12.34 EUR, Stripe invoice in_' || g || ' 12.35',

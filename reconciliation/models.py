@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+from django.db.models import F, Func
+from django.db.models.functions import Coalesce, Lower
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -33,6 +36,48 @@ class Source(models.TextChoices):
     TALER = "taler", "GNU Taler"
     RECURRING = "recurring", _("Recurring billing")
     DOLIBARR = "dolibarr", "Dolibarr"
+
+
+# --- Expressions over snapshots (used by indexes, so defined with the models) ----------------
+
+
+class SnapshotText(Func):
+    """A top-level key of a record's snapshot, as text. The key is written into the SQL rather
+    than bound as a parameter, so that the statement matches an index built on the same
+    expression (SQLite and PostgreSQL compare an indexed expression with the query's as
+    written). Keys are identifiers of this module, never a visitor's text."""
+
+    output_field = models.TextField()
+
+    def __init__(self, key: str, **extra):
+        if not re.fullmatch(r"[a-z_]+", key):
+            raise ValueError(f"not a snapshot key: {key!r}")
+        self.key = key
+        super().__init__(F("snapshot"), **extra)
+
+    def deconstruct(self):
+        _path, _args, kwargs = super().deconstruct()
+        return "reconciliation.models.SnapshotText", (self.key,), kwargs
+
+    def as_sql(self, compiler, connection, **extra):
+        sql, params = compiler.compile(self.source_expressions[0])
+        return f"({sql} ->> '{self.key}')", params
+
+    def as_sqlite(self, compiler, connection, **extra):
+        sql, params = compiler.compile(self.source_expressions[0])
+        return f"json_extract({sql}, '$.{self.key}')", params
+
+
+def customer_email() -> Lower:
+    """A customer record's e-mail, lower case: the Stripe customer's or Aipress24 user's
+    `email`, the Aipress24 organisation's `billing_email`."""
+    return Lower(Coalesce(SnapshotText("email"), SnapshotText("billing_email")))
+
+
+def customer_name() -> Lower:
+    """A customer record's name, lower case: `name` (a Stripe customer, an Aipress24
+    organisation) or `last_name` (an Aipress24 user)."""
+    return Lower(Coalesce(SnapshotText("name"), SnapshotText("last_name")))
 
 
 # --- SyncRecord -----------------------------------------------------------------------------
@@ -113,6 +158,14 @@ class SyncRecord(models.Model):
                 condition=models.Q(state="in_progress"),
                 name="syncrecord_in_progress",
             ),
+            # The console's record list (newest first, per source) and its searches: by
+            # Dolibarr ref, by the start of a customer's e-mail or name. Not partial: SQLite
+            # ignores a partial index when the kinds come as parameters.
+            models.Index(fields=["updated_at", "id"], name="syncrecord_updated"),
+            models.Index(fields=["source", "updated_at", "id"], name="syncrecord_source_updated"),
+            models.Index(fields=["dolibarr_ref"], name="syncrecord_dolibarr_ref"),
+            models.Index(customer_email(), name="syncrecord_customer_email"),
+            models.Index(customer_name(), name="syncrecord_customer_name"),
         ]
         ordering = ["-updated_at"]
         permissions = [("retry_record", "Retry sync records")]
@@ -264,6 +317,9 @@ class Severity(models.TextChoices):
     CRITICAL = "critical", _("Critical")
 
 
+SEVERITY_RANKS = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
+
+
 class MismatchState(models.TextChoices):
     OPEN = "open", _("Open")
     APPROVED = "approved", _("Approved")
@@ -281,6 +337,8 @@ class Mismatch(models.Model):
 
     kind = models.CharField(max_length=40, choices=MismatchKind.choices, db_index=True)
     severity = models.CharField(max_length=10, choices=Severity.choices, default=Severity.WARNING)
+    # Critical 0, warning 1, info 2: the queue's order, kept with the severity (`save`).
+    severity_rank = models.PositiveSmallIntegerField(default=1, editable=False)
     fingerprint = models.CharField(
         max_length=64, unique=True, help_text=_("Same difference detected again = same row")
     )
@@ -311,11 +369,26 @@ class Mismatch(models.Model):
     class Meta:
         verbose_name_plural = "mismatches"
         ordering = ["-last_seen_at"]
-        indexes = [models.Index(fields=["state", "kind"], name="mismatch_state_kind")]
+        indexes = [
+            models.Index(fields=["state", "kind"], name="mismatch_state_kind"),
+            # The queue: open and approved ones, most severe first, then the latest seen.
+            models.Index(
+                fields=["severity_rank", "-last_seen_at", "-id"],
+                condition=models.Q(state__in=["open", "approved"]),
+                name="mismatch_queue",
+            ),
+        ]
         permissions = [("act_on_mismatch", "Approve, resolve or ignore mismatches")]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()}: {self.summary}"
+
+    def save(self, *args, **kwargs):
+        self.severity_rank = SEVERITY_RANKS.get(self.severity, 1)
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and "severity" in update_fields:
+            kwargs["update_fields"] = {*update_fields, "severity_rank"}
+        super().save(*args, **kwargs)
 
     def _require(self, *states: str, action: str) -> None:
         if self.state not in states:

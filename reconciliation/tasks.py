@@ -14,6 +14,7 @@ from reconciliation.connectors.stripe import StripeConnector
 from reconciliation.errors import Ap24SyncError
 from reconciliation.jobs import JobOutcome, job_run
 from reconciliation.models import RunState, Trigger
+from reconciliation.reconcile.fixes import fix_apply
 from reconciliation.sync.aipress24_events import aipress24_event_process
 from reconciliation.sync.stripe_events import stripe_event_process
 from reconciliation.sync.stripe_pull import stripe_stream_pull
@@ -77,3 +78,9 @@ def stripe_sync_task(
     summary["pulled"] = dict(result.pulled) if result is not None else {}
     summary["processed"] = dict(result.processed) if result is not None else {}
     return summary
+
+
+def mismatch_fix_task(mismatch_id: int, actor_id: int | None = None) -> dict[str, Any]:
+    """Queued once a mismatch's approval is committed: apply its fix and resolve it, or record
+    why it failed (`mismatch.fix_failed`); the outcome says which, it never raises for that."""
+    return fix_apply(mismatch_id=mismatch_id, actor_id=actor_id)

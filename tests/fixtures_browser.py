@@ -56,6 +56,7 @@ def browser(chromium):
     chromium.delete_all_cookies()
     yield chromium
     chromium.delete_all_cookies()
+    chromium.get("about:blank")  # leave the live server before it stops
 
 
 def screenshot(driver, name: str) -> Path:

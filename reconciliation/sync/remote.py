@@ -53,6 +53,9 @@ WRITES: dict[str, WriteSpec] = {
     "link_stripe_customer": WriteSpec(
         "stripe_link_set", "dolibarr_thirdparty", "thirdparty_id", "link"
     ),
+    "merge_thirdparties": WriteSpec(
+        "thirdparties_merged", "dolibarr_thirdparty", "keep_id", "merge"
+    ),
     "create_product": WriteSpec("product_created", "dolibarr_product", None, "create"),
     "create_order": WriteSpec("order_created", "dolibarr_order", None, "create"),
     "validate_order": WriteSpec("order_validated", "dolibarr_order", "order_id", "validate"),

@@ -53,6 +53,7 @@ def register(api: DolibarrSandbox) -> None:
     api.route("GET", "/thirdparties/{id}", get_thirdparty)
     api.route("PUT", "/thirdparties/{id}", update_thirdparty)
     api.route("DELETE", "/thirdparties/{id}", delete_thirdparty)
+    api.route("PUT", "/thirdparties/{id}/merge/{idtodelete}", merge_thirdparties)
     api.route("GET", "/thirdparties/{id}/accounts", list_accounts)
     api.route("POST", "/thirdparties/{id}/accounts", create_account)
     api.route("POST", "/thirdparties/{id}/accounts/{site}", write_account_for_site)
@@ -337,6 +338,68 @@ def delete_thirdparty(api: DolibarrSandbox, request: Request) -> dict[str, Any]:
         if row.code_client:
             store.numbering.forget("societe_code_client", row.code_client)
     return {"success": {"code": 200, "message": "Object deleted"}}
+
+
+# Filled from the merged thirdparty when the kept one has no value (Societe::mergeCompany).
+_MERGED_IF_EMPTY = (
+    "name_alias",
+    "email",
+    "ref_ext",
+    "address",
+    "zip",
+    "town",
+    "country_id",
+    "phone",
+    "phone_mobile",
+    "fax",
+    "url",
+    "tva_intra",
+    "default_lang",
+    "mode_reglement_id",
+    "cond_reglement_id",
+)
+
+
+def merge_thirdparties(api: DolibarrSandbox, request: Request) -> dict[str, Any]:
+    """`PUT /thirdparties/{id}/merge/{idtodelete}` (swagger `thirdpartiesMerge`; not recorded,
+    built from the API's code): the other thirdparty's invoices, orders, shipments, the
+    thirdparty of its payments' bank lines and its Stripe links move to the kept one, whose
+    values win where both have one (the empty ones are filled, notes are joined); the other is
+    deleted, and the answer is the kept thirdparty as `GET /thirdparties/{id}` gives it."""
+    keep_id = path_id(request)
+    merge_id = path_id(request, "idtodelete")
+    if keep_id == merge_id:
+        raise ApiError(400, "Try to merge a thirdparty into itself", source=f"{SOURCE}:2650")
+    store = api.store
+    with store.lock:
+        keep = fetch(store, keep_id)
+        other = fetch(store, merge_id)
+        for name in _MERGED_IF_EMPTY:
+            if getattr(keep, name) in (None, "") and getattr(other, name) not in (None, ""):
+                setattr(keep, name, getattr(other, name))
+        for index, value in other.idprof.items():
+            if value and not keep.idprof.get(index):
+                keep.idprof[index] = value
+        for name in ("note_private", "note_public"):
+            notes = [part for part in (getattr(keep, name), getattr(other, name)) if part]
+            setattr(keep, name, "\n".join(notes) if notes else getattr(keep, name))
+        for document in (*store.invoices.values(), *store.orders.values()):
+            if document.socid == merge_id:
+                document.socid = keep_id
+        for shipment in store.shipments.values():
+            if shipment.socid == merge_id:
+                shipment.socid = keep_id
+        for line in store.bank_lines.values():
+            for link in line.links:
+                if link.type == "company" and link.url_id == merge_id:
+                    link.url_id, link.label = keep_id, keep.name
+        for account in store.accounts.values():
+            if account.fk_soc == merge_id:
+                account.fk_soc = keep_id
+        del store.thirdparties[merge_id]
+        if other.code_client:
+            store.numbering.forget("societe_code_client", other.code_client)
+        return views.thirdparty(store, keep, "get")
 
 
 # -- Stripe links (llx_societe_account) ------------------------------------------------------
