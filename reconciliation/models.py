@@ -163,6 +163,7 @@ class SyncRecord(models.Model):
             # ignores a partial index when the kinds come as parameters.
             models.Index(fields=["updated_at", "id"], name="syncrecord_updated"),
             models.Index(fields=["source", "updated_at", "id"], name="syncrecord_source_updated"),
+            models.Index(fields=["state", "updated_at", "id"], name="syncrecord_state_updated"),
             models.Index(fields=["dolibarr_ref"], name="syncrecord_dolibarr_ref"),
             models.Index(customer_email(), name="syncrecord_customer_email"),
             models.Index(customer_name(), name="syncrecord_customer_name"),

@@ -213,6 +213,7 @@ class Command(BaseCommand):
     def _announce(self, base, password, dolibarr_url, stripe_url, log_dir) -> None:
         self.stdout.write("")
         self.stdout.write(self.style.SUCCESS(f"ap24sync demo is running at {base}/admin/"))
+        self.stdout.write(f"The finance console: {base}/console/ (the same login)")
         self.stdout.write(f"Log in at {base}/admin/ as {DEMO_USERNAME} / {password}")
         self.stdout.write(f"Sandbox Dolibarr {dolibarr_url}, sandbox Stripe {stripe_url}")
         self.stdout.write(f"Logs: {log_dir}/  —  Ctrl-C stops everything.")
