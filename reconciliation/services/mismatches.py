@@ -133,30 +133,36 @@ def mismatch_ignore(*, mismatch: Mismatch, actor, reason: str) -> Mismatch:
     return locked
 
 
+def _close_open(pk: int, *, note: str, reason: str) -> bool:
+    """Resolve one open mismatch as no longer holding, with its audit event; False when it is
+    not open any more (a person or a fix got there first)."""
+    with transaction.atomic():
+        locked = Mismatch.objects.select_for_update().get(pk=pk)
+        if locked.state != MismatchState.OPEN:
+            return False
+        before = _state_of(locked)
+        locked.resolve(by=None, now=timezone.now(), note=note)
+        locked.save()
+        audit_record(
+            action="mismatch.closed_automatically",
+            target=locked,
+            before=before,
+            after=_state_of(locked),
+            reason=reason,
+        )
+    return True
+
+
 def mismatches_close_gone(*, kind: str, still_present: set[str]) -> int:
     """Close every open mismatch of `kind` whose fingerprint the last detection did not see.
     Returns how many were closed."""
-    closed = 0
     candidates = Mismatch.objects.filter(kind=kind, state=MismatchState.OPEN).exclude(
         fingerprint__in=still_present
     )
-    for pk in candidates.values_list("pk", flat=True):
-        with transaction.atomic():
-            locked = Mismatch.objects.select_for_update().get(pk=pk)
-            if locked.state != MismatchState.OPEN:
-                continue
-            before = _state_of(locked)
-            locked.resolve(by=None, now=timezone.now(), note="No longer detected")
-            locked.save()
-            audit_record(
-                action="mismatch.closed_automatically",
-                target=locked,
-                before=before,
-                after=_state_of(locked),
-                reason="The difference no longer holds",
-            )
-            closed += 1
-    return closed
+    return sum(
+        _close_open(pk, note="No longer detected", reason="The difference no longer holds")
+        for pk in list(candidates.values_list("pk", flat=True))
+    )
 
 
 def mismatches_close_for_record(*, record_id: int, note: str) -> int:
@@ -191,20 +197,5 @@ def mismatches_close_fingerprints(*, fingerprints: set[str], note: str) -> int:
         candidates = Mismatch.objects.filter(
             fingerprint__in=pending[start : start + 500], state=MismatchState.OPEN
         ).values_list("pk", flat=True)
-        for pk in list(candidates):
-            with transaction.atomic():
-                locked = Mismatch.objects.select_for_update().get(pk=pk)
-                if locked.state != MismatchState.OPEN:
-                    continue
-                before = _state_of(locked)
-                locked.resolve(by=None, now=timezone.now(), note=note)
-                locked.save()
-                audit_record(
-                    action="mismatch.closed_automatically",
-                    target=locked,
-                    before=before,
-                    after=_state_of(locked),
-                    reason=note,
-                )
-                closed += 1
+        closed += sum(_close_open(pk, note=note, reason=note) for pk in list(candidates))
     return closed

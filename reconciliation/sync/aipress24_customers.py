@@ -32,9 +32,8 @@ from typing import Any
 from django.conf import settings
 
 from reconciliation.connectors.dolibarr_types import Thirdparty
-from reconciliation.errors import NotFoundError, TransientError
 from reconciliation.models import MismatchKind, Source, SyncBaseline, SyncRecord
-from reconciliation.services.creations import creation_confirm, creation_forget, creation_note
+from reconciliation.services.creations import creation_confirm, creation_note
 from reconciliation.services.records import record_observe
 from reconciliation.sync.aipress24_mapping import (
     THIRDPARTY_FIELDS,
@@ -59,6 +58,7 @@ from reconciliation.sync.base import (
 )
 from reconciliation.sync.dependencies import snapshot_of
 from reconciliation.sync.known import Wanted, find_thirdparties, wants
+from reconciliation.sync.stripe_customers import noted_thirdparty, single_thirdparty_id
 
 DOLIBARR_KIND = "thirdparty"
 
@@ -93,7 +93,14 @@ def current_snapshot(record: SyncRecord, context: SyncContext) -> dict[str, Any]
     extra: dict[str, Any] = {"billed": bool(record.snapshot.get("billed"))}
     if record.kind == "user":
         extra["email_is_placeholder"] = row.email_is_placeholder
-    snapshot = snapshot_of_row(row, **extra)
+    return observe_current(record, context, snapshot_of_row(row, **extra))
+
+
+def observe_current(
+    record: SyncRecord, context: SyncContext, snapshot: dict[str, Any]
+) -> dict[str, Any]:
+    """Keep on the record the row as the handler read it (a source change, audited), unless
+    it is what the record holds already or this is a dry run; returns it."""
     if snapshot != record.snapshot and not context.dry_run:
         record_observe(
             source=record.source,
@@ -331,11 +338,11 @@ def _find_or_create(
                         client=wanted.get("client") or 1,
                         code_client="-1",
                     )
-        found_id = created_id if created_id is not None else _single_id(candidates)
+        found_id = created_id if created_id is not None else single_thirdparty_id(candidates)
         if found_id is not None and not context.dry_run:
             creation_confirm(kind=DOLIBARR_KIND, ref_ext=ref_ext, remote_id=found_id)
         if noted_id is not None:
-            candidates = [_noted(context, ref_ext, noted_id)]
+            candidates = [noted_thirdparty(context, ref_ext, noted_id)]
     if created_id is not None:
         return _created(created_id, ref_ext, wanted), True
     if len(candidates) > 1:
@@ -375,22 +382,6 @@ def _created(thirdparty_id: int, ref_ext: str, wanted: dict[str, Any]) -> Thirdp
         date_creation=None,
         raw={},
     )
-
-
-def _single_id(candidates: list[Thirdparty] | None) -> int | None:
-    return candidates[0].id if candidates and len(candidates) == 1 else None
-
-
-def _noted(context: SyncContext, ref_ext: str, thirdparty_id: int) -> Thirdparty:
-    try:
-        return context.dolibarr.get_thirdparty(thirdparty_id=thirdparty_id)
-    except NotFoundError as exc:
-        creation_forget(kind=DOLIBARR_KIND, ref_ext=ref_ext)
-        raise TransientError(
-            f"thirdparty {thirdparty_id} ({ref_ext}) was created by this console but is no "
-            "longer in Dolibarr; it will be looked up again",
-            system="dolibarr",
-        ) from exc
 
 
 # --- the Stripe link ----------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from reconciliation.connectors.dolibarr_types import Invoice, NewLine, Order, Pr
 from reconciliation.errors import ConfigurationError, PermanentError
 from reconciliation.models import MismatchKind, Source, SyncRecord, SyncState
 from reconciliation.money import currency_code, minor_to_decimal
-from reconciliation.services.records import record_observe
+from reconciliation.sync.aipress24_customers import observe_current
 from reconciliation.sync.aipress24_mapping import (
     PRODUCT_LABELS,
     organisation_ref_ext,
@@ -57,6 +57,7 @@ from reconciliation.sync.base import (
 from reconciliation.sync.dependencies import dependency
 from reconciliation.sync.invoice_lines import _net_for_gross
 from reconciliation.sync.known import Wanted, find_invoices, run_cache, wants
+from reconciliation.sync.stripe_common import duplicates
 
 DOLIBARR_KIND = "invoice"
 PAID_STATUSES = ("paid", "refunded")
@@ -78,15 +79,7 @@ def current_purchase(record: SyncRecord, context: SyncContext) -> dict[str, Any]
     row = reader.purchase(record.external_id)
     if row is None:
         return None
-    snapshot = snapshot_of_row(row)
-    if snapshot != record.snapshot and not context.dry_run:
-        record_observe(
-            source=record.source,
-            kind=record.kind,
-            external_id=record.external_id,
-            snapshot=snapshot,
-        )
-    return snapshot
+    return observe_current(record, context, snapshot_of_row(row))
 
 
 def customer_of(purchase: dict[str, Any]) -> tuple[str, str]:
@@ -475,18 +468,14 @@ def _review(
 def _duplicates(
     record: SyncRecord, purchase: dict[str, Any], what: str, ref_ext: str, ids: list[int]
 ) -> NeedsReview:
-    return NeedsReview(
-        reason=f"{len(ids)} Dolibarr {what}s carry ref_ext {ref_ext}",
-        mismatch=MismatchSpec(
-            kind=MismatchKind.DUPLICATE_IN_DOLIBARR,
-            fingerprint_parts=("aipress24", "purchase", record.external_id, what),
-            summary=f"{len(ids)} Dolibarr {what}s carry ref_ext {ref_ext} "
-            f"(ids {', '.join(map(str, ids))})",
-            source_snapshot=purchase,
-            dolibarr_snapshot={f"{what}_ids": ids},
-            proposed_fix=f"remove_duplicate_{what}",
-            proposed_fix_params={"keep": ids[0], "remove": ids[1:]},
-        ),
+    return duplicates(
+        source="aipress24",
+        kind="purchase",
+        object_id=record.external_id,
+        ref_ext=ref_ext,
+        what=what,
+        ids=ids,
+        snapshot=purchase,
     )
 
 

@@ -160,13 +160,22 @@ def close_conversion_remainder(
 
 
 def duplicates(
-    *, kind: str, object_id: str, ref_ext: str, what: str, ids: list[int], snapshot: dict[str, Any]
+    *,
+    kind: str,
+    object_id: str,
+    ref_ext: str,
+    what: str,
+    ids: list[int],
+    snapshot: dict[str, Any],
+    source: str = "stripe",
 ) -> NeedsReview:
+    """Several Dolibarr objects for one source object: a person keeps one (Dolibarr does not
+    deduplicate, 46, 47)."""
     return NeedsReview(
         reason=f"{len(ids)} Dolibarr {what}s carry ref_ext {ref_ext}",
         mismatch=MismatchSpec(
             kind=MismatchKind.DUPLICATE_IN_DOLIBARR,
-            fingerprint_parts=("stripe", kind, object_id, what),
+            fingerprint_parts=(source, kind, object_id, what),
             summary=f"{len(ids)} Dolibarr {what}s carry ref_ext {ref_ext} "
             f"(ids {', '.join(map(str, ids))})",
             source_snapshot=snapshot,

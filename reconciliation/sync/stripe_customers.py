@@ -148,11 +148,11 @@ def stripe_customer_sync(record: SyncRecord, context: SyncContext) -> Outcome:
                         code_client="-1",
                     )
         # Confirmed after the lane: until then, a holder for the same identity asks Dolibarr.
-        found_id = created_id if created_id is not None else _single_id(candidates)
+        found_id = created_id if created_id is not None else single_thirdparty_id(candidates)
         if found_id is not None and not context.dry_run:
             creation_confirm(kind=DOLIBARR_KIND, ref_ext=ref_ext, remote_id=found_id)
         if noted_id is not None:
-            candidates = [_noted_thirdparty(context, ref_ext, noted_id)]
+            candidates = [noted_thirdparty(context, ref_ext, noted_id)]
     if created_id is None and len(candidates) > 1:
         ids = [thirdparty.id for thirdparty in candidates]
         return NeedsReview(
@@ -225,11 +225,11 @@ def _same_identity(customer_id: str, ref_ext: str) -> bool:
     return snapshot is not None and thirdparty_ref_ext(snapshot) == ref_ext
 
 
-def _single_id(candidates: list[Thirdparty] | None) -> int | None:
+def single_thirdparty_id(candidates: list[Thirdparty] | None) -> int | None:
     return candidates[0].id if candidates and len(candidates) == 1 else None
 
 
-def _noted_thirdparty(context: SyncContext, ref_ext: str, thirdparty_id: int) -> Thirdparty:
+def noted_thirdparty(context: SyncContext, ref_ext: str, thirdparty_id: int) -> Thirdparty:
     """The thirdparty another record created for this identity after this one looked."""
     try:
         return context.dolibarr.get_thirdparty(thirdparty_id=thirdparty_id)
