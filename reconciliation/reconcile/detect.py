@@ -59,7 +59,11 @@ from reconciliation.sync.aipress24_mapping import (
     user_ref_ext,
 )
 from reconciliation.sync.base import DolibarrSetup, MismatchSpec
-from reconciliation.sync.known import payment_intents_of, payment_reference
+from reconciliation.sync.known import (
+    payment_intent_index,
+    payment_intents_of,
+    payment_reference,
+)
 from reconciliation.sync.stripe_balance import stripe_balance_compare
 from reconciliation.sync.stripe_customers import thirdparty_ref_ext
 
@@ -631,11 +635,9 @@ def _billers_of(references: Iterable[str | None]) -> dict[str, tuple[str, str, i
         found[reference] = ("aipress24 purchase", purchase_id, record_id)
     remaining = references - set(found)
     if remaining:
-        from reconciliation.sync.known import _payment_intent_index
-
-        index = _payment_intent_index()
+        index = payment_intent_index()
         invoice_ids = {index[ref]: ref for ref in remaining if ref in index}
-        refunds_of = dict(
+        synced_invoices = dict(
             SyncRecord.objects.filter(
                 source=Source.STRIPE,
                 kind="invoice",
@@ -643,7 +645,7 @@ def _billers_of(references: Iterable[str | None]) -> dict[str, tuple[str, str, i
                 state=SyncState.SYNCED,
             ).values_list("external_id", "pk")
         )
-        for invoice_id, record_id in refunds_of.items():
+        for invoice_id, record_id in synced_invoices.items():
             found[invoice_ids[invoice_id]] = ("stripe invoice", invoice_id, record_id)
     return found
 
@@ -788,8 +790,6 @@ def _unbilled_payments(detection: Detection, window: Window) -> None:
     """Money Stripe collected that no record bills: a succeeded payment intent that pays no
     Stripe invoice and is no Aipress24 purchase's (its record was skipped as billed from a
     purchase, and no purchase names it). It is in Stripe's balance and nowhere in Dolibarr."""
-    from reconciliation.sync.known import _payment_intent_index
-
     candidates = [
         record
         for record in window.records(
@@ -799,7 +799,7 @@ def _unbilled_payments(detection: Detection, window: Window) -> None:
     ]
     if not candidates:
         return
-    by_invoice = _payment_intent_index()
+    by_invoice = payment_intent_index()
     by_purchase = set(
         SourceAlias.objects.filter(
             system=Source.STRIPE,

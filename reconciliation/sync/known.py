@@ -131,7 +131,7 @@ class RunCache:
             index, built_at = self._invoice_by_payment_intent, self._index_built_at
         stale = time.monotonic() - built_at > self.INDEX_MAX_AGE_SECONDS
         if index is None or (payment_intent_id not in index and stale):
-            index = _payment_intent_index()
+            index = payment_intent_index()
             with self._lock:
                 self._invoice_by_payment_intent = index
                 self._index_built_at = time.monotonic()
@@ -161,7 +161,7 @@ def payment_reference(invoice_payment: dict[str, Any]) -> str | None:
     return payment.get("payment_intent") or payment.get("charge")
 
 
-def _payment_intent_index() -> dict[str, str]:
+def payment_intent_index() -> dict[str, str]:
     index: dict[str, str] = {}
     rows = SyncRecord.objects.filter(source=Source.STRIPE, kind="invoice").values_list(
         "external_id", "snapshot__payments"
