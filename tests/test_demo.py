@@ -100,6 +100,39 @@ def test_the_demo_login_lists_the_sync_records_in_the_admin(demo):
     assert "cus_" in response.text or "in_" in response.text
 
 
+def _console(demo, path: str) -> str:
+    session = requests.Session()
+    login_url = demo["admin_url"] + "login/"
+    session.get(login_url, timeout=10)
+    response = session.post(
+        login_url,
+        data={
+            "username": demo["username"],
+            "password": demo["password"],
+            "csrfmiddlewaretoken": session.cookies["csrftoken"],
+            "next": path,
+        },
+        headers={"Referer": login_url},
+        timeout=10,
+    )
+    assert response.status_code == 200
+    return response.text
+
+
+def test_the_demo_writes_aipress24_customers_and_purchases_to_the_sandbox_dolibarr(demo):
+    """The sample's 12 paid purchases become Dolibarr invoices (FA…), its paying organisations
+    and individual buyer thirdparties, as the console's record list shows them."""
+    summary = next(line for line in demo["lines"] if "sync records:" in line)
+    assert "16 aipress24 purchases" in summary
+    purchases = _console(demo, "/console/records/?source=aipress24&kind=purchase&state=synced")
+    rows = re.findall(r'id="record-(\d+)"', purchases)
+    assert len(set(rows)) == 12
+    assert len(set(re.findall(r"\bFA\d{4}-\d{4}\b", purchases))) == 12
+    for kind, paying in (("organisation", 5), ("user", 1)):
+        page = _console(demo, f"/console/records/?source=aipress24&kind={kind}&state=synced")
+        assert len(set(re.findall(r'id="record-(\d+)"', page))) == paying
+
+
 def test_ctrl_c_stops_every_process_the_demo_started(demo):
     process = demo["process"]
     assert all(_port_open(url) for url in demo["sandbox_urls"])
