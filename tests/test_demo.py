@@ -25,6 +25,17 @@ def _port_open(url: str) -> bool:
         return sock.connect_ex((host, int(port))) == 0
 
 
+def _stop(process: subprocess.Popen) -> None:
+    """Stop the demo as a person does (Ctrl-C: it stops the sandboxes, the cluster and the web
+    server, each in a session of its own); kill it only if it does not stop."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo")
@@ -59,7 +70,7 @@ def demo(tmp_path_factory):
             break
     login = re.search(r"Log in at (\S+) as (\S+) / (\S+)", "\n".join(lines))
     if login is None:
-        os.killpg(process.pid, signal.SIGKILL)
+        _stop(process)
         pytest.fail("the demo did not announce its login:\n" + "\n".join(lines))
     yield {
         "process": process,
@@ -70,7 +81,7 @@ def demo(tmp_path_factory):
         "sandbox_urls": re.findall(r"sandbox: (http://\S+)", "\n".join(lines)),
     }
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
+        _stop(process)
 
 
 def test_the_demo_serves_a_login_page(demo):
