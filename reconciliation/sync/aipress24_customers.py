@@ -61,6 +61,18 @@ from reconciliation.sync.known import Wanted, find_thirdparties, wants
 from reconciliation.sync.stripe_customers import noted_thirdparty, single_thirdparty_id
 
 DOLIBARR_KIND = "thirdparty"
+# What a new thirdparty is created with, from the mapped fields (`client`, `status` aside).
+_CREATED_FIELDS = (
+    "name",
+    "email",
+    "address",
+    "zip",
+    "town",
+    "country_code",
+    "phone",
+    "tva_intra",
+    "idprof1",
+)
 
 NOT_A_CUSTOMER = (
     "not a customer: no Stripe customer, no paid purchase by a member, not a partner; "
@@ -175,19 +187,19 @@ def _sync_thirdparty(
         return Skipped("soft-deleted in Aipress24 before it was ever a thirdparty: none created")
     if isinstance(found, NeedsReview):
         return found
-    thirdparty, created = found
-    baseline = SyncBaseline.objects.filter(record_id=record.pk).first()
+    thirdparty_id, existing = found
+    created = existing is None
     if created:
         agreed_source, agreed_dolibarr, conflicts = dict(wanted), dict(wanted), {}
     else:
-        current = thirdparty_values(thirdparty)
+        baseline = SyncBaseline.objects.filter(record_id=record.pk).first()
         changes, agreed_source, agreed_dolibarr, conflicts = three_way(
             wanted=wanted,
-            current=current,
+            current=thirdparty_values(existing),
             baseline=(baseline.source_values, baseline.dolibarr_values) if baseline else None,
         )
         if changes:
-            context.dolibarr.update_thirdparty(thirdparty_id=thirdparty.id, changes=changes)
+            context.dolibarr.update_thirdparty(thirdparty_id=thirdparty_id, changes=changes)
     if not context.dry_run:
         SyncBaseline.objects.update_or_create(
             record_id=record.pk,
@@ -197,7 +209,7 @@ def _sync_thirdparty(
         linked = _link_stripe(
             record,
             context,
-            thirdparty_id=thirdparty.id,
+            thirdparty_id=thirdparty_id,
             ref_ext=ref_ext,
             customer_id=stripe_customer,
             own_customers=own_customers,
@@ -207,8 +219,8 @@ def _sync_thirdparty(
         if linked is not None:
             return linked
     if conflicts:
-        return _conflict(record, thirdparty.id, ref_ext, snapshot, conflicts)
-    return Synced(DOLIBARR_KIND, thirdparty.id, thirdparty.code_client or "")
+        return _conflict(record, thirdparty_id, ref_ext, snapshot, conflicts)
+    return Synced(DOLIBARR_KIND, thirdparty_id, (existing.code_client if existing else "") or "")
 
 
 def three_way(
@@ -298,10 +310,10 @@ def _find_or_create(
     wanted: dict[str, Any],
     note: str,
     create: bool,
-) -> tuple[Thirdparty, bool] | NeedsReview | None:
-    """The one thirdparty carrying `ref_ext`, created (in the numbered lane, noted first) when
-    there is none and `create`; a review when several carry it; None when none and not
-    `create`."""
+) -> tuple[int, Thirdparty | None] | NeedsReview | None:
+    """(id, the thirdparty as Dolibarr holds it) of the one thirdparty carrying `ref_ext`, or
+    (id, None) when it was created now (in the numbered lane, noted first) because there was
+    none and `create`; a review when several carry it; None when none and not `create`."""
     dolibarr = context.dolibarr
     candidates = find_thirdparties(context, record, ref_ext) if record.attempts <= 1 else None
     created_id: int | None = None
@@ -324,16 +336,8 @@ def _find_or_create(
                     candidates = dolibarr.find_thirdparties(ref_ext=ref_ext)
                 if not candidates:
                     created_id = dolibarr.create_thirdparty(
-                        name=wanted["name"],
+                        **{name: wanted.get(name) for name in _CREATED_FIELDS},
                         ref_ext=ref_ext,
-                        email=wanted.get("email"),
-                        address=wanted.get("address"),
-                        zip=wanted.get("zip"),
-                        town=wanted.get("town"),
-                        country_code=wanted.get("country_code"),
-                        phone=wanted.get("phone"),
-                        tva_intra=wanted.get("tva_intra"),
-                        idprof1=wanted.get("idprof1"),
                         note_private=note,
                         client=wanted.get("client") or 1,
                         code_client="-1",
@@ -344,7 +348,7 @@ def _find_or_create(
         if noted_id is not None:
             candidates = [noted_thirdparty(context, ref_ext, noted_id)]
     if created_id is not None:
-        return _created(created_id, ref_ext, wanted), True
+        return created_id, None
     if len(candidates) > 1:
         ids = [thirdparty.id for thirdparty in candidates]
         return NeedsReview(
@@ -360,28 +364,7 @@ def _find_or_create(
                 proposed_fix_params={"keep": ids[0], "merge": ids[1:]},
             ),
         )
-    return candidates[0], False
-
-
-def _created(thirdparty_id: int, ref_ext: str, wanted: dict[str, Any]) -> Thirdparty:
-    return Thirdparty(
-        id=thirdparty_id,
-        name=wanted["name"],
-        ref_ext=ref_ext,
-        email=wanted.get("email"),
-        code_client=None,
-        client=wanted.get("client"),
-        country_code=wanted.get("country_code"),
-        address=wanted.get("address"),
-        zip=wanted.get("zip"),
-        town=wanted.get("town"),
-        phone=wanted.get("phone"),
-        tva_intra=wanted.get("tva_intra"),
-        idprof1=wanted.get("idprof1"),
-        status=1,
-        date_creation=None,
-        raw={},
-    )
+    return candidates[0].id, candidates[0]
 
 
 # --- the Stripe link ----------------------------------------------------------------------------
