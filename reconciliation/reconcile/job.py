@@ -59,14 +59,21 @@ def reconcile(
             pk__in={f.record_id for f in detection.findings if f.record_id}
         ).in_bulk()
     )
+    found = detection.fingerprints_found()
+    # Which findings are already known (open, approved or ignored): one query per 500, not one
+    # per finding.
+    known: set[str] = set()
+    ordered = sorted(found)
+    for start in range(0, len(ordered), 500):
+        known.update(
+            Mismatch.objects.filter(fingerprint__in=ordered[start : start + 500])
+            .exclude(state=MismatchState.RESOLVED)
+            .values_list("fingerprint", flat=True)
+        )
     for finding in detection.findings:
         spec = finding.spec
         fingerprint = mismatch_fingerprint(kind=spec.kind, parts=spec.fingerprint_parts)
-        existed = (
-            Mismatch.objects.filter(fingerprint=fingerprint)
-            .exclude(state=MismatchState.RESOLVED)
-            .exists()
-        )
+        existed = fingerprint in known
         mismatch_detected(
             kind=spec.kind,
             fingerprint_parts=spec.fingerprint_parts,
@@ -82,7 +89,7 @@ def reconcile(
         )
         counts["seen again" if existed else "found"] += 1
         counts[spec.kind] += 1
-    gone = detection.clean - detection.fingerprints_found()
+    gone = detection.clean - found
     counts["closed"] = mismatches_close_fingerprints(fingerprints=gone, note=CLOSED_NOTE)
     run_finish(run=run, counts={k: int(v) for k, v in counts.items() if v})
     return ReconcileResult(counts=counts, detection=detection)
